@@ -1,0 +1,78 @@
+"""Attend-and-Excite loss (spec §4): the worst subject's smoothed max attention, pushed towards 1."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from ._util import as_batched, check_positions, zero_total
+from .smoothing import DEFAULT_KERNEL_SIZE, DEFAULT_SIGMA, gaussian_smooth
+from .token_maps import CHUNK_SIZE, ColumnRange, token_softmax, word_maps
+from .types import Word
+
+
+def subject_maps(
+    maps: torch.Tensor,
+    subjects: Sequence[Word],
+    *,
+    smooth: bool = True,
+    scale: float = 100.0,
+    keep: ColumnRange | Sequence[ColumnRange] | None = None,
+    chunk_size: int = CHUNK_SIZE,
+    kernel_size: int = DEFAULT_KERNEL_SIZE,
+    sigma: float = DEFAULT_SIGMA,
+) -> torch.Tensor:
+    """A&E / D&B map processing: token softmax (per chunk, ×``scale``), select words, smooth.
+
+    ``maps`` ``[B, K, H, W]`` raw aggregated probabilities -> ``[B, S, H, W]``. Smoothing is applied to each
+    piece's map before the pixelwise max over a word's pieces.
+    """
+    maps = as_batched(maps)
+    check_positions({p for word in subjects for p in word}, maps.shape[1])
+    probs = token_softmax(maps, scale=scale, keep=keep, chunk_size=chunk_size)
+    if not subjects:
+        return probs[:, :0]
+    needed = sorted({p for word in subjects for p in word})
+    picked = probs[:, needed]
+    if smooth:
+        picked = gaussian_smooth(picked, kernel_size, sigma)
+    local = {pos: i for i, pos in enumerate(needed)}
+    return word_maps(picked, [tuple(local[p] for p in word) for word in subjects])
+
+
+def attend_excite_maxima(maps: torch.Tensor, subjects: Sequence[Word], **kwargs: object) -> torch.Tensor:
+    """Max over pixels of each processed subject map: ``[B, S]`` (see :func:`subject_maps` for options)."""
+    return subject_maps(maps, subjects, **kwargs).flatten(-2).amax(dim=-1)  # type: ignore[arg-type]
+
+
+def attend_excite_loss(
+    maps: torch.Tensor,
+    subjects: Sequence[Word],
+    *,
+    smooth: bool = True,
+    scale: float = 100.0,
+    keep: ColumnRange | Sequence[ColumnRange] | None = None,
+    chunk_size: int = CHUNK_SIZE,
+    kernel_size: int = DEFAULT_KERNEL_SIZE,
+    sigma: float = DEFAULT_SIGMA,
+) -> torch.Tensor:
+    """A&E loss per batch item ``[B]``: ``max_s max(0, 1 - max_pixels(map_s))``; zeros with no subjects.
+
+    ``keep`` selects the softmax columns per chunk (default: drop SOT and the last column, i.e. columns
+    1..75 of each 77-token chunk; ``(1, E)`` reproduces SD 2.x ``normalize_eot``).
+    """
+    maps = as_batched(maps)
+    if not subjects:
+        return zero_total(maps)
+    maxima = attend_excite_maxima(
+        maps,
+        subjects,
+        smooth=smooth,
+        scale=scale,
+        keep=keep,
+        chunk_size=chunk_size,
+        kernel_size=kernel_size,
+        sigma=sigma,
+    )
+    return (1.0 - maxima).clamp(min=0.0).amax(dim=-1)

@@ -1,0 +1,129 @@
+"""The objective interface: loss results, refinement rules and the ``Objective`` base class."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import torch
+
+from .types import AttentionLevel, TokenLayout
+
+
+@dataclass
+class LossResult:
+    """What an objective's ``loss`` returns.
+
+    ``total`` is the loss per batch item ``[B]`` (fp32, differentiable). ``metric`` ``[B]`` is what the
+    method's refinement rule watches (the loss itself for SynGen, A&E and T-SAM; min TV for D&B).
+    ``terms`` holds named diagnostics (detached or not; do not backpropagate through them).
+    """
+
+    total: torch.Tensor
+    metric: torch.Tensor
+    terms: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+RefinementRule = Callable[[LossResult, int], bool]
+"""``rule(result, iterations_done) -> bool``: should another refinement iteration run?"""
+
+
+@dataclass
+class Refinement:
+    """Iterative refinement at one loop index (A&E, D&B, T-SAM).
+
+    Intended loop, at step ``i`` with step size ``alpha_i``::
+
+        result = objective.loss(...)                     # forward on the current latent
+        refinement = objective.refinement(i, N)
+        while refinement is not None and refinement.should_continue(result):
+            z = z - alpha_i * grad(result.total.sum(), z)
+            result = objective.loss(...)                 # forward on the new latent
+        # then the regular update of step i uses ``result``
+
+    ``should_continue`` counts the iterations it allows and stops at ``max_iterations``. With a batch,
+    refinement continues while any item still needs it.
+    """
+
+    max_iterations: int
+    rule: RefinementRule
+    iterations_done: int = 0
+
+    def should_continue(self, result: LossResult) -> bool:
+        """True if one more refinement step should run given the latest ``result`` (counts it)."""
+        if self.iterations_done >= self.max_iterations:
+            return False
+        if not self.rule(result, self.iterations_done):
+            return False
+        self.iterations_done += 1
+        return True
+
+
+def metric_above(target: float) -> RefinementRule:
+    """Continue while any item's metric is strictly above ``target`` (A&E: loss > 1 - threshold)."""
+
+    def rule(result: LossResult, _done: int) -> bool:
+        return bool((result.metric.detach() > target).any())
+
+    return rule
+
+
+def metric_below(threshold: float) -> RefinementRule:
+    """Continue while any item's metric is strictly below ``threshold`` (D&B: min TV < threshold)."""
+
+    def rule(result: LossResult, _done: int) -> bool:
+        return bool((result.metric.detach() < threshold).any())
+
+    return rule
+
+
+def select_main_level(attn: Mapping[int, AttentionLevel], main_factor: int | None = None) -> AttentionLevel:
+    """The main attention level: ``attn[main_factor]`` if given, else the largest factor present."""
+    if not attn:
+        raise ValueError("no attention levels were recorded")
+    if main_factor is not None:
+        if main_factor not in attn:
+            raise ValueError(f"attention level {main_factor} missing; have {sorted(attn)}")
+        return attn[main_factor]
+    return attn[max(attn)]
+
+
+def fp32_maps(level: AttentionLevel) -> torch.Tensor:
+    """The level's mean maps as fp32 ``[B, K, H, W]``."""
+    mean = level.mean
+    if mean.dim() == 3:
+        mean = mean.unsqueeze(0)
+    return mean.float()
+
+
+class Objective:
+    """Base class of every method objective (see ``objectives.py``). Subclasses set ``name``."""
+
+    name: str = "objective"
+
+    def levels(self, main_factor: int) -> set[int]:
+        """Attention levels needed, keyed by downsampling factor from the latent."""
+        return {main_factor}
+
+    def loss(
+        self,
+        attn: Mapping[int, AttentionLevel],
+        layout: TokenLayout,
+        step: int,
+        num_steps: int,
+        text_self_attention: torch.Tensor | None = None,
+    ) -> LossResult:
+        """Compute the loss on recorded attention at loop index ``step`` of ``num_steps``."""
+        raise NotImplementedError
+
+    def step_size(self, step: int, num_steps: int) -> float:
+        """Latent step size α_i."""
+        raise NotImplementedError
+
+    def guides(self, step: int, num_steps: int) -> bool:
+        """Whether loop index ``step`` gets a guidance update."""
+        raise NotImplementedError
+
+    def refinement(self, step: int, num_steps: int) -> Refinement | None:
+        """Refinement to run before the regular update at ``step``, or ``None``."""
+        return None

@@ -1,0 +1,148 @@
+"""SynGen loss (spec §2.3) and its entropy variant (spec §3), on raw aggregated attention maps."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from ._util import as_batched, check_positions, zero_total
+from .distances import entropy, pairwise_symmetric_kl
+from .types import TokenBinding, Word
+
+ENTROPY_NEG_MODES = ("as_written", "prose_intent")
+
+
+@dataclass(frozen=True)
+class PairTerm:
+    """One SynGen term: a (modifier, noun) pair, or a noun-only set when ``modifier`` is ``None``.
+
+    ``positive`` and ``negative`` are ``[B]``; ``negative`` already carries its minus sign.
+    """
+
+    noun: Word
+    modifier: Word | None
+    positive: torch.Tensor
+    negative: torch.Tensor
+
+
+@dataclass(frozen=True)
+class SynGenBreakdown:
+    """``total = positive + negative``, each ``[B]``, plus the per-pair terms in binding order."""
+
+    total: torch.Tensor
+    positive: torch.Tensor
+    negative: torch.Tensor
+    pairs: tuple[PairTerm, ...]
+
+
+def _word_max(table: torch.Tensor, index: dict[int, int], word: Word, others: Sequence[int]) -> torch.Tensor:
+    """``max over pieces k of word`` of ``table[:, k, u]`` for each u in others: ``[B, len(others)]``."""
+    rows = torch.stack([table[:, index[k]] for k in word], dim=0)  # [pieces, B, P]
+    cols = torch.tensor([index[u] for u in others], dtype=torch.long, device=table.device)
+    return rows.index_select(-1, cols).amax(dim=0)
+
+
+def syngen_breakdown(
+    maps: torch.Tensor,
+    bindings: Sequence[TokenBinding],
+    prompt_positions: Sequence[int],
+    *,
+    lambda_entropy: float = 0.0,
+    gamma_entropy: float = 0.0,
+    entropy_neg_mode: str = "as_written",
+) -> SynGenBreakdown:
+    """SynGen / entropy-SynGen loss with every term exposed.
+
+    ``maps`` is ``[B, K, H, W]`` (or ``[K, H, W]``): raw aggregated cross-attention probabilities, no token
+    softmax, no smoothing. A word's distance is the max over its pieces (spec §2.2); so is its entropy.
+    ``U(S)`` is ``prompt_positions`` minus the binding's positions. Bindings with no modifiers get the
+    negative-only term. With ``lambda_entropy = gamma_entropy = 0`` this is exactly SynGen.
+
+    ``entropy_neg_mode``: ``"as_written"`` puts ``-gamma*H(A_u)`` inside the negative term's parentheses
+    (the printed formula, sharpens unrelated maps); ``"prose_intent"`` uses ``+gamma*H(A_u)`` (diffuses them).
+    """
+    if entropy_neg_mode not in ENTROPY_NEG_MODES:
+        raise ValueError(f"entropy_neg_mode must be one of {ENTROPY_NEG_MODES}, got {entropy_neg_mode!r}")
+    maps = as_batched(maps)
+    zero = zero_total(maps)
+    if not bindings:
+        return SynGenBreakdown(zero, zero, zero, ())
+
+    used = set(prompt_positions)
+    for binding in bindings:
+        used |= binding.positions
+    check_positions(used, maps.shape[1])
+    order = sorted(used)
+    index = {pos: i for i, pos in enumerate(order)}
+    selected = maps[:, order]  # [B, P, H, W]
+    dist = pairwise_symmetric_kl(selected)  # [B, P, P]
+    use_entropy = lambda_entropy != 0.0 or gamma_entropy != 0.0
+    ent = entropy(selected) if use_entropy else None  # [B, P]
+    gamma_sign = 1.0 if entropy_neg_mode == "as_written" else -1.0
+
+    def word_entropy(word: Word) -> torch.Tensor:
+        assert ent is not None
+        return torch.stack([ent[:, index[k]] for k in word], dim=0).amax(dim=0)
+
+    def mean_distance(word: Word, unrelated: list[int]) -> torch.Tensor:
+        """``mean_u d(word, u)`` over U, ``[B]``."""
+        return _word_max(dist, index, word, unrelated).mean(dim=-1)
+
+    def gamma_term(unrelated: list[int]) -> torch.Tensor | float:
+        """``sign * gamma * mean_u H(u)``: the γ part inside the negative term's parentheses."""
+        if gamma_entropy == 0.0:
+            return 0.0
+        assert ent is not None
+        cols = torch.tensor([index[u] for u in unrelated], dtype=torch.long, device=maps.device)
+        return gamma_sign * gamma_entropy * ent.index_select(-1, cols).mean(dim=-1)
+
+    prompt_set = list(dict.fromkeys(prompt_positions))
+    pairs: list[PairTerm] = []
+    for binding in bindings:
+        members = binding.positions
+        unrelated = [u for u in prompt_set if u not in members]
+        noun = binding.noun
+        if not binding.modifiers:
+            negative = -(mean_distance(noun, unrelated) - gamma_term(unrelated)) if unrelated else zero
+            pairs.append(PairTerm(noun, None, zero, negative))
+            continue
+        noun_neg = mean_distance(noun, unrelated) if unrelated else None
+        for modifier in binding.modifiers:
+            positive = _word_max(dist, index, modifier, list(noun)).amax(dim=-1)
+            if use_entropy and lambda_entropy != 0.0:
+                positive = positive + lambda_entropy * (word_entropy(modifier) + word_entropy(noun))
+            if noun_neg is None:
+                negative = zero
+            else:
+                negative = -0.5 * (mean_distance(modifier, unrelated) + noun_neg - gamma_term(unrelated))
+            pairs.append(PairTerm(noun, modifier, positive, negative))
+
+    positive_total = torch.stack([p.positive for p in pairs]).sum(dim=0)
+    negative_total = torch.stack([p.negative for p in pairs]).sum(dim=0)
+    return SynGenBreakdown(positive_total + negative_total, positive_total, negative_total, tuple(pairs))
+
+
+def syngen_loss(maps: torch.Tensor, bindings: Sequence[TokenBinding], prompt_positions: Sequence[int]) -> torch.Tensor:
+    """SynGen loss per batch item ``[B]`` (spec §2.3): pull modifier/noun maps together, push from U(S)."""
+    return syngen_breakdown(maps, bindings, prompt_positions).total
+
+
+def syngen_entropy_loss(
+    maps: torch.Tensor,
+    bindings: Sequence[TokenBinding],
+    prompt_positions: Sequence[int],
+    lambda_entropy: float = 0.05,
+    gamma_entropy: float = 0.05,
+    entropy_neg_mode: str = "as_written",
+) -> torch.Tensor:
+    """Entropy-SynGen loss per batch item ``[B]`` (spec §3); equals :func:`syngen_loss` at λ = γ = 0."""
+    return syngen_breakdown(
+        maps,
+        bindings,
+        prompt_positions,
+        lambda_entropy=lambda_entropy,
+        gamma_entropy=gamma_entropy,
+        entropy_neg_mode=entropy_neg_mode,
+    ).total

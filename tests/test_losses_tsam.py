@@ -1,0 +1,167 @@
+"""Spec §9.5: T-SAM text matrix T, similarity C and S, code loss (with / without smoothing), paper loss."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from binding_guidance.binding_losses import (
+    AttentionLevel,
+    LossResult,
+    TokenLayout,
+    TSAMObjective,
+    cross_attention_similarity,
+    row_normalize,
+    text_attention_matrix,
+    tsam_code_row_terms,
+    tsam_loss,
+    tsam_paper_row_terms,
+    tsam_threshold,
+)
+
+TOL = 1e-6
+DTYPES = [torch.float64, torch.float32]
+POSITIONS = [1, 2, 3, 4]
+
+RAW_TEXT = [
+    [1.00, 0, 0, 0, 0, 0],
+    [0.80, 0.20, 0, 0, 0, 0],
+    [0.70, 0.20, 0.10, 0, 0, 0],
+    [0.60, 0.05, 0.25, 0.10, 0, 0],
+    [0.50, 0.05, 0.05, 0.30, 0.10, 0],
+    [0.40, 0.10, 0.10, 0.10, 0.10, 0.20],
+]
+EXPECTED_T = [
+    [0.9999875, 0, 0, 0],
+    [0.88887901, 0.11110988, 0, 0],
+    [0.00746264, 0.93283025, 0.05970114, 0],
+    [0.00442476, 0.00442476, 0.95574883, 0.0353981],
+]
+EXPECTED_C = [
+    [1, 0, 0, 0],
+    [0.77785042, 1, 0, 0],
+    [0.98848578, 0.79959371, 1, 0],
+    [0.77754513, 0.99053351, 0.78178783, 1],
+]
+EXPECTED_S = [
+    [1, 0, 0, 0],
+    [0.43752298, 0.56247702, 0, 0],
+    [0.35454003, 0.28679014, 0.35866983, 0],
+    [0.21903504, 0.27903402, 0.22023021, 0.28170074],
+]
+
+
+def spec_attention(dtype: torch.dtype) -> torch.Tensor:
+    """§9.3 A as [1, 6, 4, 4]."""
+    r = torch.arange(4, dtype=torch.float64).view(4, 1, 1)
+    c = torch.arange(4, dtype=torch.float64).view(1, 4, 1)
+    k = torch.arange(6, dtype=torch.float64).view(1, 1, 6)
+    return torch.softmax(2 * torch.sin(r + 2 * c + 3 * k), dim=-1).permute(2, 0, 1).unsqueeze(0).to(dtype)
+
+
+def close(actual: torch.Tensor, expected: object, tol: float = TOL) -> None:
+    expected_t = torch.as_tensor(expected, dtype=torch.float64)
+    actual_t = actual.detach().to(torch.float64).reshape(expected_t.shape)
+    assert torch.allclose(actual_t, expected_t, atol=tol, rtol=0), (actual_t, expected_t)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_text_matrix(dtype: torch.dtype) -> None:
+    raw = torch.tensor(RAW_TEXT, dtype=dtype)
+    close(text_attention_matrix(raw), EXPECTED_T)
+    close(text_attention_matrix(raw, eot_index=5, power=3), EXPECTED_T)
+    # a 77x77 capture with EOT at 5 gives the same T
+    big = torch.zeros(77, 77, dtype=dtype)
+    big[:6, :6] = raw
+    close(text_attention_matrix(big, eot_index=5), EXPECTED_T)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_similarity_and_normalised_similarity(dtype: torch.dtype) -> None:
+    c = cross_attention_similarity(spec_attention(dtype), POSITIONS)
+    close(c, [EXPECTED_C])
+    close(row_normalize(c), [EXPECTED_S])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_code_loss(dtype: torch.dtype) -> None:
+    maps = spec_attention(dtype)
+    t = text_attention_matrix(torch.tensor(RAW_TEXT, dtype=dtype))
+    c = cross_attention_similarity(maps, POSITIONS)
+    close(tsam_code_row_terms(t, c), [[0.0, 0.14595668, 0.28022335]])
+    close(tsam_loss(maps, t, POSITIONS), [0.42618003])
+    close(tsam_loss(maps, t, POSITIONS, smooth=False), [0.81354119])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_paper_loss(dtype: torch.dtype) -> None:
+    maps = spec_attention(dtype)
+    t = text_attention_matrix(torch.tensor(RAW_TEXT, dtype=dtype))
+    c = cross_attention_similarity(maps, POSITIONS)
+    close(tsam_paper_row_terms(t, c), [[0.45136158, 0.96906464, 1.47104078]])
+    close(tsam_loss(maps, t, POSITIONS, loss_type="paper"), [2.89146701])
+
+
+def test_objective_takes_raw_text_attention() -> None:
+    maps = spec_attention(torch.float64)
+    layout = TokenLayout(bindings=(), prompt_positions=tuple(POSITIONS))
+    attn = {4: AttentionLevel(maps, 40)}
+    raw = torch.tensor(RAW_TEXT, dtype=torch.float64)
+    code = TSAMObjective().loss(attn, layout, 0, 50, text_self_attention=raw)
+    assert code.total.dtype == torch.float32
+    close(code.total, [0.42618003])
+    paper = TSAMObjective(loss_type="paper").loss(attn, layout, 0, 50, text_self_attention=raw)
+    close(paper.total, [2.89146701])
+    big = torch.zeros(77, 77)
+    big[:6, :6] = raw
+    close(TSAMObjective().loss(attn, layout, 0, 50, text_self_attention=big).total, [0.42618003])
+    prepared = text_attention_matrix(raw)
+    close(TSAMObjective().loss(attn, layout, 0, 50, text_self_attention=prepared).total, [0.42618003])
+    with pytest.raises(ValueError, match="text_self_attention"):
+        TSAMObjective().loss(attn, layout, 0, 50)
+
+
+def test_thresholds_and_faithful_fallback() -> None:
+    assert tsam_threshold(5) == 0.56 and tsam_threshold(6) == 0.70 and tsam_threshold(7) == 0.84
+    # n = 4 is outside the reference table (KeyError there): faithful falls back to 0.14 (n - 1)
+    assert tsam_threshold(4, "faithful") == pytest.approx(0.42)
+    assert tsam_threshold(4, "fixed") == pytest.approx(0.42)
+    assert tsam_threshold(12, "faithful") == pytest.approx(1.54)
+
+
+def _result(loss: float, n: int = 4) -> LossResult:
+    value = torch.tensor([loss])
+    return LossResult(total=value, metric=value, terms={"num_tokens": torch.tensor(float(n))})
+
+
+def test_faithful_refinement_stops_at_20_when_loss_is_high() -> None:
+    refinement = TSAMObjective().refinement(0, 50)
+    assert refinement is not None and refinement.max_iterations == 30
+    high = _result(0.42618003)  # spec: above τ(4) = 0.42, so the faithful rule stops after 20 iterations
+    done = 0
+    while refinement.should_continue(high):
+        done += 1
+    assert done == 20
+    low = TSAMObjective().refinement(10, 50)
+    assert low is not None
+    done = 0
+    while low.should_continue(_result(0.1)):
+        done += 1
+    assert done == 30
+
+
+def test_fixed_refinement_stops_when_below_tau() -> None:
+    objective = TSAMObjective(stop_rule="fixed")
+    refinement = objective.refinement(20, 50)
+    assert refinement is not None
+    assert refinement.should_continue(_result(0.5))
+    assert not refinement.should_continue(_result(0.41))
+    assert objective.refinement(5, 50) is None
+
+
+def test_degenerate_prompts() -> None:
+    maps = spec_attention(torch.float32).requires_grad_()
+    layout = TokenLayout(bindings=(), prompt_positions=(1,))
+    result = TSAMObjective().loss({4: AttentionLevel(maps, 1)}, layout, 0, 50)
+    assert result.total.shape == (1,) and result.total.item() == 0.0
+    with pytest.raises(ValueError, match="text self-attention"):
+        tsam_loss(maps, torch.eye(3), POSITIONS)
