@@ -1,0 +1,99 @@
+"""Score the prompt parsers against gold bindings.
+
+Usage: .venv/bin/python benchmarks/parse_eval.py GOLD.jsonl [--errors CONFIG] [--source SOURCE]
+
+Prints precision / recall / F1 / exact match per source, for the hand-annotated subset and overall, for both
+modes with every installed spaCy model, and for the built-in fallback parser. Scoring follows
+``shared/data/README.md`` (see ``parsers/scoring.py``). ``--errors robust:en_core_web_sm`` lists the prompts
+that configuration gets wrong.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import types
+from pathlib import Path
+
+PACK_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load_package():
+    """Import ``parsers`` as ``binding_guidance.parsers`` without running the pack's root ``__init__``."""
+    if "binding_guidance" not in sys.modules:
+        package = types.ModuleType("binding_guidance")
+        package.__path__ = [str(PACK_ROOT)]
+        package.__package__ = "binding_guidance"
+        sys.modules["binding_guidance"] = package
+    import importlib
+
+    return importlib.import_module("binding_guidance.parsers")
+
+
+def _configs(parsers, models: list[str] | None) -> list[tuple[str, str, str]]:
+    """(label, mode, spacy_model) for every installed model in both modes, then the fallback."""
+    names = models if models is not None else [m for m in parsers.SPACY_MODEL_CHOICES[:-1]
+                                               if m in parsers.available_spacy_models()]
+    configs = []
+    for name in names:
+        for mode in ("faithful", "robust"):
+            configs.append((f"{mode}:{name}", mode, name))
+    configs.append(("fallback", "robust", "fallback"))
+    return configs
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("gold", type=Path, help="gold JSONL file (e.g. shared/data/parse_dev.jsonl)")
+    ap.add_argument("--models", nargs="*", default=None, help="spaCy models to run (default: all installed)")
+    ap.add_argument("--errors", default=None, help="print wrong prompts of one config, e.g. robust:en_core_web_sm")
+    ap.add_argument("--source", default=None, help="with --errors: only this source (or 'hand-annotated')")
+    args = ap.parse_args(argv)
+
+    parsers = _load_package()
+    from binding_guidance.parsers.scoring import is_hand_annotated, load_gold, score_prompt, score_records
+
+    records = load_gold(args.gold)
+    configs = _configs(parsers, args.models)
+    print(f"gold: {args.gold} ({len(records)} prompts, {sum(map(is_hand_annotated, records))} hand-annotated)")
+    print(f"spaCy models installed: {', '.join(parsers.available_spacy_models()) or 'none'}")
+    summary = []
+    for label, mode, model in configs:
+        t0 = time.perf_counter()
+        results = [parsers.parse_bindings(r["prompt"], mode=mode, spacy_model=model) for r in records]
+        elapsed = time.perf_counter() - t0
+        preds = [p.as_gold() for p in results]
+        totals = score_records(records, preds)
+        ran = sorted({p.parser for p in results})
+        print(f"\n== {label}  (parser: {', '.join(ran)}; {1000 * elapsed / len(records):.1f} ms/prompt)")
+        print(f"{'source':<36}{'n':>5}{'P':>8}{'R':>8}{'F1':>8}{'EM':>8}")
+        keys = [*sorted(k for k in totals if k not in ("hand-annotated", "all")), "hand-annotated", "all"]
+        for key in keys:
+            t = totals.get(key)
+            if t is None:
+                continue
+            print(f"{key:<36}{t.n:>5}{t.precision:>8.3f}{t.recall:>8.3f}{t.f1:>8.3f}{t.em:>8.3f}")
+        hand, every = totals.get("hand-annotated"), totals["all"]
+        summary.append((label, hand, every))
+        if args.errors == label:
+            print(f"\n-- wrong prompts for {label}")
+            for rec, pred in zip(records, preds, strict=True):
+                if args.source and args.source not in (rec["source"], "hand-annotated" if is_hand_annotated(rec)
+                                                       else None):
+                    continue
+                s = score_prompt(pred, rec["bindings"])
+                if not s.exact:
+                    print(f"[{rec['id']}] {rec['prompt']}")
+                    print(f"   gold: {[(b['noun'], b['modifiers']) for b in rec['bindings'] if b['modifiers']]}")
+                    print(f"   pred: {[(b['noun'], b['modifiers']) for b in pred if b['modifiers']]}")
+    print("\n== summary (pair F1 / EM)")
+    print(f"{'config':<36}{'hand F1':>9}{'hand EM':>9}{'all F1':>9}{'all EM':>9}")
+    for label, hand, every in summary:
+        hf = f"{hand.f1:>9.3f}{hand.em:>9.3f}" if hand else f"{'-':>9}{'-':>9}"
+        print(f"{label:<36}{hf}{every.f1:>9.3f}{every.em:>9.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
