@@ -29,3 +29,105 @@ def _register_pure_package() -> None:
 
 
 _register_pure_package()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Real-ComfyUI fixtures (only tests that ask for them import ComfyUI).
+
+import asyncio  # noqa: E402
+import os  # noqa: E402
+import uuid  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from typing import Any  # noqa: E402
+
+import pytest  # noqa: E402
+
+TEST_CACHE = PACK_ROOT / ".cache" / "test-models"
+
+
+@dataclass
+class ComfyHarness:
+    """ComfyUI with the pack loaded through its real custom-node loader."""
+
+    nodes: Any
+    pack: Any
+    output_dir: Path
+
+    def module(self, name: str) -> Any:
+        """A pack submodule as ComfyUI loaded it, e.g. ``module("guidance.sampler")``."""
+        import importlib
+
+        return importlib.import_module(f"{self.pack.__name__}.{name}")
+
+    def node(self, name: str) -> Any:
+        """An instance of a registered node class (core or pack)."""
+        return self.nodes.NODE_CLASS_MAPPINGS[name]()
+
+    def run_prompt(self, prompt: dict) -> dict:
+        """Validate and execute an API-format graph with ComfyUI's executor; returns the history outputs."""
+        import execution
+
+        class _Server:
+            client_id = None
+            last_node_id = None
+            last_prompt_id = None
+
+            def send_sync(self, *args: Any, **kwargs: Any) -> None:
+                pass
+
+            def queue_updated(self) -> None:
+                pass
+
+        prompt_id = str(uuid.uuid4())
+        valid = asyncio.run(execution.validate_prompt(prompt_id, prompt, None))
+        if not valid[0]:
+            raise AssertionError(f"invalid prompt: {valid[1]} {valid[3]}")
+        executor = execution.PromptExecutor(_Server(), cache_type=execution.CacheType.CLASSIC,
+                                            cache_args={"lru": 0, "ram": 0})
+        executor.execute(prompt, prompt_id, {}, valid[2])
+        if not executor.success:
+            raise AssertionError(f"execution failed: {executor.status_messages}")
+        return executor.history_result["outputs"]
+
+
+@pytest.fixture(scope="session")
+def harness(tmp_path_factory: pytest.TempPathFactory) -> ComfyHarness:
+    from comfy_env import bootstrap_comfy
+
+    bootstrap_comfy()
+    import folder_paths
+    import nodes
+
+    output_dir = tmp_path_factory.mktemp("comfy-output")
+    folder_paths.set_output_directory(str(output_dir))
+    folder_paths.add_model_folder_path("checkpoints", str(TEST_CACHE))
+    if "CLIPTextEncode" not in nodes.NODE_CLASS_MAPPINGS or "KSamplerSelect" not in nodes.NODE_CLASS_MAPPINGS:
+        asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
+    assert asyncio.run(nodes.load_custom_node(str(PACK_ROOT), module_parent="custom_nodes")), "pack failed to load"
+    pack = sys.modules[str(PACK_ROOT).replace(".", "_x_")]
+    ours = {"ParseBindings", "BindingLossConfig", "BindingGuidedKSampler", "BindingGuidedSampler"}
+    assert ours <= set(nodes.NODE_CLASS_MAPPINGS)
+    return ComfyHarness(nodes=nodes, pack=pack, output_dir=output_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(harness: ComfyHarness) -> str:
+    """File name (in the checkpoints folder) of the tiny SD1.x checkpoint, built once and cached."""
+    from tiny_models import build_sd15_tiny_checkpoint
+
+    name = "sd15_tiny_v1.safetensors"
+    path = TEST_CACHE / name
+    if not path.exists():
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        build_sd15_tiny_checkpoint(tmp)
+        tmp.replace(path)
+    return name
+
+
+@pytest.fixture(scope="session")
+def sd15(harness: ComfyHarness, tiny_checkpoint: str) -> tuple[Any, Any, Any]:
+    """(model, clip, vae) of the tiny checkpoint, loaded by the real CheckpointLoaderSimple under inference mode."""
+    import torch
+
+    with torch.inference_mode():
+        return harness.node("CheckpointLoaderSimple").load_checkpoint(tiny_checkpoint)[:3]

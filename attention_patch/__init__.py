@@ -1,0 +1,20 @@
+"""Cross-attention capture for UNet models (knows nothing about losses)."""
+
+from .layers import (
+    CrossAttentionLayer,
+    UnsupportedModelError,
+    choose_main_factor,
+    layers_at,
+    unet_cross_attention_layers,
+)
+from .recorder import AttentionRecorder, RecordingComplete
+
+__all__ = [
+    "AttentionRecorder",
+    "CrossAttentionLayer",
+    "RecordingComplete",
+    "UnsupportedModelError",
+    "choose_main_factor",
+    "layers_at",
+    "unet_cross_attention_layers",
+]

@@ -1,0 +1,124 @@
+"""Record cross-attention probabilities from chosen UNet layers during one forward pass.
+
+The recorder knows nothing about losses. It hands out a ``model_options`` dict with ``attn2`` replace patches
+for its layers; the caller uses that dict only for the guidance forward. The sampler's normal denoising pass
+never sees these patches and keeps ComfyUI's fused attention.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from ..binding_losses.types import AttentionLevel
+from .layers import CrossAttentionLayer
+
+AttentionPatch = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, dict], torch.Tensor]
+
+
+class RecordingComplete(Exception):  # noqa: N818  (a control-flow signal, not an error)
+    """Raised by the last recorded layer to end a guidance forward early; nothing after it needs to run."""
+
+
+def _spatial_size(extra_options: dict, factor: int, query_length: int) -> tuple[int, int]:
+    shape = extra_options.get("activations_shape")
+    if shape is not None and len(shape) >= 4 and int(shape[-2]) * int(shape[-1]) == query_length:
+        return int(shape[-2]), int(shape[-1])
+    original = extra_options.get("original_shape")
+    if original is not None and len(original) >= 4:
+        height = math.ceil(int(original[-2]) / factor)
+        width = math.ceil(int(original[-1]) / factor)
+        if height * width == query_length:
+            return height, width
+    raise RuntimeError(f"Cannot infer the spatial size of an attention layer with {query_length} query positions.")
+
+
+def _conditional_rows(extra_options: dict, batch: int) -> list[int]:
+    cond_or_uncond = list(extra_options.get("cond_or_uncond") or [0])
+    chunk = batch // len(cond_or_uncond)
+    rows: list[int] = []
+    for index, kind in enumerate(cond_or_uncond):
+        if kind == 0:
+            rows.extend(range(index * chunk, (index + 1) * chunk))
+    return rows
+
+
+class AttentionRecorder:
+    """Accumulates head-averaged cross-attention maps per level (downsampling factor).
+
+    Maps are ``[B, K, H, W]`` in fp32, conditional rows only. With ``stop_early`` the forward is ended by
+    :class:`RecordingComplete` once every recorded layer has run.
+    """
+
+    def __init__(self, layers: Sequence[CrossAttentionLayer], stop_early: bool = True) -> None:
+        if not layers:
+            raise ValueError("AttentionRecorder needs at least one layer to record.")
+        self.layers = list(layers)
+        self.stop_early = stop_early
+        self._sums: dict[int, torch.Tensor] = {}
+        self._counts: dict[int, int] = {}
+        self._layers_seen = 0
+
+    def reset(self) -> None:
+        """Forget everything recorded so far (call before each guidance forward)."""
+        self._sums.clear()
+        self._counts.clear()
+        self._layers_seen = 0
+
+    def levels(self) -> dict[int, AttentionLevel]:
+        """The recorded maps: factor → plain mean over every (layer, head) map at that factor."""
+        return {f: AttentionLevel(mean=self._sums[f] / self._counts[f], count=self._counts[f]) for f in self._sums}
+
+    def model_options_with_patches(self, model_options: dict) -> dict:
+        """A copy of ``model_options`` whose ``attn2`` replace patches record this recorder's layers.
+
+        A patch already present for a layer (IPAdapter, attention couple, ...) is kept: it still produces the
+        layer's output, and the recorder only reads the probabilities.
+        """
+        options = dict(model_options)
+        transformer_options = dict(options.get("transformer_options", {}))
+        patches_replace = dict(transformer_options.get("patches_replace", {}))
+        attn2 = dict(patches_replace.get("attn2", {}))
+        for layer in self.layers:
+            previous = attn2.get(layer.patch_key) or attn2.get(layer.block)
+            attn2[layer.patch_key] = self._make_patch(layer, previous)
+        patches_replace["attn2"] = attn2
+        transformer_options["patches_replace"] = patches_replace
+        options["transformer_options"] = transformer_options
+        return options
+
+    def _record(self, layer: CrossAttentionLayer, probs: torch.Tensor, extra_options: dict) -> None:
+        batch, heads, queries, keys = probs.shape
+        rows = _conditional_rows(extra_options, batch)
+        height, width = _spatial_size(extra_options, layer.factor, queries)
+        head_sum = probs[rows].sum(dim=1)  # [b, Nq, Nk]
+        maps = head_sum.transpose(1, 2).reshape(len(rows), keys, height, width)
+        if layer.factor in self._sums:
+            self._sums[layer.factor] = self._sums[layer.factor] + maps
+            self._counts[layer.factor] += heads
+        else:
+            self._sums[layer.factor] = maps
+            self._counts[layer.factor] = heads
+
+    def _make_patch(self, layer: CrossAttentionLayer, previous: AttentionPatch | None) -> AttentionPatch:
+        def record_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra_options: dict) -> Any:
+            heads = int(extra_options.get("n_heads", layer.heads))
+            batch, queries, width = q.shape
+            head_dim = width // heads
+            qh = q.reshape(batch, queries, heads, head_dim).transpose(1, 2).float()
+            kh = k.reshape(k.shape[0], k.shape[1], heads, head_dim).transpose(1, 2).float()
+            probs = torch.softmax((qh @ kh.transpose(-1, -2)) * head_dim**-0.5, dim=-1)
+            self._record(layer, probs, extra_options)
+            self._layers_seen += 1
+            if self.stop_early and self._layers_seen >= len(self.layers):
+                raise RecordingComplete
+            if previous is not None:
+                return previous(q, k, v, extra_options)
+            vh = v.reshape(v.shape[0], v.shape[1], heads, head_dim).transpose(1, 2)
+            out = probs.to(v.dtype) @ vh
+            return out.transpose(1, 2).reshape(batch, queries, heads * head_dim)
+
+        return record_attention

@@ -1,0 +1,1 @@
+"""The guided sampler and the objects that configure it (ComfyUI-dependent)."""

@@ -1,0 +1,41 @@
+"""The objects that travel between the nodes: BINDINGS and BINDING_CONFIG."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..binding_losses.types import TokenLayout
+
+
+@dataclass(frozen=True)
+class PromptBindings:
+    """A parsed prompt and where its words sit in the CLIP context (the BINDINGS type)."""
+
+    prompt: str
+    layout: TokenLayout
+    entities: tuple[Any, ...] = ()
+    parser: str = ""
+    warnings: tuple[str, ...] = ()
+    text_self_attention: Any = None
+    """``[n+2, n+2]`` head- and layer-averaged CLIP self-attention (SOT, prompt tokens, EOT), for T-SAM; else None."""
+
+    @property
+    def is_empty(self) -> bool:
+        """True when the prompt has no entity to guide; sampling then runs without guidance."""
+        return not self.layout.bindings and not self.layout.subjects
+
+
+@dataclass(frozen=True)
+class GuidanceConfig:
+    """How to guide (the BINDING_CONFIG type): the loss objective and where to read attention."""
+
+    objective: Any
+    """A ``binding_losses.objectives`` Objective (or ObjectiveChain)."""
+    main_factor: int = 4
+    """Preferred downsampling factor of the maps the losses read (4 = 16×16 at a 512 px SD1.x image)."""
+    stop_forward_early: bool = True
+    """End the guidance forward after the last layer whose maps are needed (identical gradients, less work)."""
+    measure_after_step: bool = False
+    """Re-run the guidance forward after each update to record the loss it reached (tests and benchmarks)."""
+    description: str = field(default="")

@@ -1,0 +1,261 @@
+"""The binding-guided sampler: a ``comfy.samplers.Sampler`` that wraps any built-in k-diffusion sampler.
+
+At the first model evaluation of each guided step it runs one conditional-only UNet forward with grad, records
+the cross-attention maps, computes the binding loss, and moves the sampler's own latent ``x`` in place. The
+sampler then continues from the moved latent with its multistep history and noise unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import comfy.samplers
+import torch
+
+from ..attention_patch import (
+    AttentionRecorder,
+    RecordingComplete,
+    choose_main_factor,
+    layers_at,
+    unet_cross_attention_layers,
+)
+from .inference_tensors import release_inference_tensors
+from .inputs import GuidanceConfig, PromptBindings
+from .report import GuidanceReport, StepRecord
+from .step_plan import UNSUPPORTED_SAMPLERS, first_evaluation_calls
+
+log = logging.getLogger("binding_guidance")
+
+
+class BindingGuidanceError(RuntimeError):
+    """A configuration problem found before sampling starts; the message names the input and the fix."""
+
+
+def sampler_name_of(sampler: Any) -> str:
+    """Best-effort name of a KSAMPLER's algorithm, e.g. ``"euler"`` or ``"uni_pc"``."""
+    function = getattr(sampler, "sampler_function", None)
+    name = getattr(function, "__name__", "") or ""
+    for prefix in ("sample_", ""):
+        if name.startswith(prefix):
+            name = name[len(prefix):]
+            break
+    aliases = {"unipc": "uni_pc", "unipc_bh2": "uni_pc_bh2", "dpm_fast_function": "dpm_fast",
+               "dpm_adaptive_function": "dpm_adaptive"}
+    return aliases.get(name, name)
+
+
+def check_sampler_supported(sampler: Any) -> None:
+    """Refuse samplers that cannot carry a latent update, with a message that says what to use instead."""
+    if not hasattr(sampler, "sampler_function"):
+        raise BindingGuidanceError(
+            f"Binding guidance wraps ComfyUI's built-in k-diffusion samplers (KSamplerSelect); got {type(sampler).__name__}. "
+            "Connect a KSamplerSelect SAMPLER to the Binding-Guided Sampler node."
+        )
+    name = sampler_name_of(sampler)
+    if name in UNSUPPORTED_SAMPLERS:
+        raise BindingGuidanceError(
+            f"sampler_name '{name}' cannot be guided: {UNSUPPORTED_SAMPLERS[name]}. "
+            "Choose another sampler, e.g. euler, dpmpp_2m or ddim."
+        )
+
+
+class _GuidedDenoiser:
+    """Stands between the k-diffusion sampler and ComfyUI's denoiser, applying guidance at planned calls."""
+
+    def __init__(self, denoiser: Any, on_first_evaluation: Callable[[torch.Tensor, torch.Tensor, int, Any, dict], None],
+                 plan: dict[int, int]) -> None:
+        self._denoiser = denoiser
+        self._on_first_evaluation = on_first_evaluation
+        self._plan = plan
+        self._calls = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._denoiser, name)
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, denoise_mask: Any = None, model_options: dict | None = None,
+                 seed: int | None = None) -> torch.Tensor:
+        model_options = model_options if model_options is not None else {}
+        step = self._plan.get(self._calls)
+        self._calls += 1
+        if step is not None:
+            self._on_first_evaluation(x, sigma, step, denoise_mask, model_options)
+        return self._denoiser(x, sigma, denoise_mask, model_options=model_options, seed=seed)
+
+
+class GuidanceRun:
+    """Guidance state for one sampling run: layers, recorder, objective and the report."""
+
+    def __init__(self, guider: Any, bindings: PromptBindings, config: GuidanceConfig, sigmas: torch.Tensor) -> None:
+        self.guider = guider
+        self.sigmas = sigmas.detach().float().cpu()
+        num_steps = len(sigmas) - 1
+        self.bindings = bindings
+        self.config = config
+        self.objective = config.objective
+        self.num_steps = num_steps
+        base_model = guider.inner_model
+        all_layers = unet_cross_attention_layers(base_model.diffusion_model)
+        self.main_factor = choose_main_factor(all_layers, config.main_factor)
+        wanted = {f for f in self.objective.levels(self.main_factor) if f >= 1}
+        self.layers = layers_at(all_layers, wanted)
+        if not self.layers:
+            raise BindingGuidanceError(f"The model has no cross-attention layers at factors {sorted(wanted)}.")
+        self.recorder = AttentionRecorder(self.layers, stop_early=config.stop_forward_early)
+        self.model_sampling = base_model.model_sampling
+        self.report = GuidanceReport(main_factor=self.main_factor, num_steps=num_steps)
+        positive = guider.conds.get("positive") if hasattr(guider, "conds") else None
+        if not positive:
+            raise BindingGuidanceError("Binding guidance needs a positive conditioning; the guider has none.")
+        # The guidance forward uses the first positive entry only (the prompt that was parsed).
+        self.positive = positive[:1]
+
+    def wants_step(self, step: int) -> bool:
+        """Whether step ``step`` gets any guidance (a gradient step or refinement)."""
+        return self.objective.guides(step, self.num_steps) or self.objective.refinement(step, self.num_steps) is not None
+
+    def _loss(self, x: torch.Tensor, sigma: torch.Tensor, model_options: dict, step: int) -> Any:
+        self.recorder.reset()
+        options = self.recorder.model_options_with_patches(model_options)
+        try:
+            comfy.samplers.calc_cond_batch(self.guider.inner_model, [self.positive], x, sigma, options)
+        except RecordingComplete:
+            pass
+        levels = self.recorder.levels()
+        if self.main_factor not in levels:
+            raise BindingGuidanceError("No cross-attention maps were recorded at the main level during guidance.")
+        return self.objective.loss(levels, self.bindings.layout, step, self.num_steps,
+                                   text_self_attention=self.bindings.text_self_attention)
+
+    def _latent_scale(self, sigma: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        # The references step the UNet input z = c·x. z' = z − α∇_z L is x' = x − (α/c²)∇_x L.
+        ones = torch.ones_like(like)
+        c = self.model_sampling.calculate_input(sigma.to(like.dtype), ones)
+        return 1.0 / (c * c)
+
+    def guide(self, x: torch.Tensor, sigma: torch.Tensor, step: int, denoise_mask: Any, model_options: dict) -> None:
+        """Apply this step's guidance to the sampler's latent ``x`` in place."""
+        if not self.wants_step(step):
+            return
+        expected = float(self.sigmas[step])
+        if abs(float(sigma.flatten()[0]) - expected) > 1e-4 * max(1.0, expected):
+            raise BindingGuidanceError(
+                f"Internal check failed: the model call planned for step {step} ran at sigma {float(sigma.flatten()[0]):.5f}, "
+                f"not the step's sigma {expected:.5f}. Please report this with your sampler and scheduler."
+            )
+        refinement = self.objective.refinement(step, self.num_steps)
+        step_size = float(self.objective.step_size(step, self.num_steps))
+        with torch.inference_mode(False), torch.enable_grad():
+            x_work = x.detach().clone().float()
+            sigma_work = sigma.detach().clone()
+            scale = self._latent_scale(sigma_work, x_work)
+            mask = None if denoise_mask is None else denoise_mask.detach().clone().float()
+            iterations = 0
+            losses: list[float] = []
+
+            def loss_and_grad(latent: torch.Tensor) -> tuple[Any, torch.Tensor]:
+                leaf = latent.detach().requires_grad_(True)
+                result = self._loss(leaf, sigma_work, model_options, step)
+                total = result.total.float().sum()
+                if not total.requires_grad:
+                    return result, torch.zeros_like(leaf)
+                (grad,) = torch.autograd.grad(total, leaf)
+                return result, grad
+
+            def update(latent: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+                delta = step_size * scale * grad
+                if mask is not None:
+                    delta = delta * mask
+                return latent - delta
+
+            result, grad = loss_and_grad(x_work)
+            losses.append(float(result.total.detach().float().sum()))
+            if refinement is not None:
+                while iterations < refinement.max_iterations and refinement.should_continue(result):
+                    x_work = update(x_work, grad)
+                    result, grad = loss_and_grad(x_work)
+                    losses.append(float(result.total.detach().float().sum()))
+                    iterations += 1
+            stepped = False
+            if self.objective.guides(step, self.num_steps) and losses[-1] != 0.0:
+                x_work = update(x_work, grad)
+                stepped = True
+            maps = self.recorder.levels().get(self.main_factor)
+            loss_after_step = None
+            if stepped and self.config.measure_after_step:
+                loss_after_step = float(loss_and_grad(x_work)[0].total.detach().float().sum())
+        with torch.inference_mode():
+            x.copy_(x_work.to(x.dtype))
+        self.report.add(StepRecord(step=step, sigma=float(sigma.flatten()[0]), loss_before=losses[0], loss_after_refinement=losses[-1],
+                                   refinement_iterations=iterations, stepped=stepped, step_size=step_size,
+                                   loss_after_step=loss_after_step),
+                        maps.mean.detach() if maps is not None else None)
+
+
+class BindingGuidedSampler(comfy.samplers.Sampler):
+    """Wraps a built-in k-diffusion SAMPLER and applies binding guidance during sampling."""
+
+    def __init__(self, inner: Any, bindings: PromptBindings, config: GuidanceConfig) -> None:
+        check_sampler_supported(inner)
+        self.inner = inner
+        self.bindings = bindings
+        self.config = config
+        self.last_report: GuidanceReport | None = None
+
+    def max_denoise(self, model_wrap: Any, sigmas: torch.Tensor) -> bool:
+        return self.inner.max_denoise(model_wrap, sigmas)
+
+    def sample(self, model_wrap: Any, sigmas: torch.Tensor, extra_args: dict, callback: Any, noise: torch.Tensor,
+               latent_image: torch.Tensor | None = None, denoise_mask: torch.Tensor | None = None,
+               disable_pbar: bool = False) -> torch.Tensor:
+        inner = self.inner
+        num_steps = len(sigmas) - 1
+        run = GuidanceRun(model_wrap, self.bindings, self.config, sigmas)
+        self.last_report = run.report
+        if self.bindings.is_empty:
+            log.info("Binding guidance: the prompt has no bindings; sampling without guidance.")
+        else:
+            replaced = release_inference_tensors(model_wrap.inner_model)
+            if replaced:
+                log.debug("Binding guidance: made %d inference-mode weights usable for backward.", replaced)
+
+        # Mirrors KSAMPLER.sample, with the guidance proxy placed outside the inpaint blend so that the
+        # in-place update reaches the sampler's own state tensor.
+        extra_args["denoise_mask"] = denoise_mask
+        denoiser = comfy.samplers.KSamplerX0Inpaint(model_wrap, sigmas)
+        denoiser.latent_image = latent_image
+        if inner.inpaint_options.get("random", False):
+            generator = torch.manual_seed(extra_args.get("seed", 41) + 1)
+            denoiser.noise = torch.randn(noise.shape, generator=generator, device="cpu").to(noise.dtype).to(noise.device)
+        else:
+            denoiser.noise = noise
+        x = model_wrap.inner_model.model_sampling.noise_scaling(sigmas[0], noise, latent_image, self.max_denoise(model_wrap, sigmas))
+
+        plan: dict[int, int] = {}
+        if not self.bindings.is_empty:
+            plan = self._plan(run, denoiser, x, sigmas, extra_args)
+        guided = _GuidedDenoiser(denoiser, run.guide, plan)
+
+        k_callback = None
+        if callback is not None:
+            k_callback = lambda info: callback(info["i"], info["denoised"], info["x"], num_steps)  # noqa: E731
+        samples = inner.sampler_function(guided, x, sigmas, extra_args=extra_args, callback=k_callback,
+                                         disable=disable_pbar, **inner.extra_options)
+        return model_wrap.inner_model.model_sampling.inverse_noise_scaling(sigmas[-1], samples)
+
+    def _plan(self, run: GuidanceRun, denoiser: Any, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict) -> dict[int, int]:
+        first_calls, call_sigmas = first_evaluation_calls(self.inner.sampler_function, self.inner.extra_options, denoiser,
+                                                          x, sigmas, extra_args)
+        plan: dict[int, int] = {}
+        for step in range(run.num_steps):
+            if not run.wants_step(step):
+                continue
+            call = first_calls[step]
+            if call is None:
+                raise BindingGuidanceError(
+                    f"Sampler '{sampler_name_of(self.inner)}' did not report step {step}; binding guidance cannot find "
+                    "where to apply it. Choose another sampler (euler, dpmpp_2m, ddim, ...)."
+                )
+            plan[call] = step
+        return plan

@@ -1,0 +1,19 @@
+"""ComfyUI node classes (thin glue over the pack's libraries)."""
+
+from .config_node import BindingLossConfig
+from .parse_node import ParseBindings
+from .sampler_nodes import BindingGuidedKSampler, BindingGuidedSamplerNode
+
+NODE_CLASS_MAPPINGS = {
+    "ParseBindings": ParseBindings,
+    "BindingLossConfig": BindingLossConfig,
+    "BindingGuidedKSampler": BindingGuidedKSampler,
+    "BindingGuidedSampler": BindingGuidedSamplerNode,
+}
+
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "ParseBindings": "Parse Bindings",
+    "BindingLossConfig": "Binding Loss Config",
+    "BindingGuidedKSampler": "Binding-Guided KSampler",
+    "BindingGuidedSampler": "Binding-Guided Sampler",
+}

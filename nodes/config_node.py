@@ -1,0 +1,96 @@
+"""Binding Loss Config: method and hyperparameters, chainable into a weighted sum of terms."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..binding_losses.objectives import METHODS, ObjectiveChain, default_params, make_objective
+from ..guidance.inputs import GuidanceConfig
+
+CATEGORY = "sampling/binding_guidance"
+METHOD_ORDER = ["syngen", "syngen_entropy", "divide_and_bind", "attend_and_excite", "tsam"]
+
+
+def parse_advanced(text: str) -> dict[str, Any]:
+    """Read ``key = value`` lines (``#`` starts a comment) into typed values."""
+    params: dict[str, Any] = {}
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        if "=" not in line:
+            raise ValueError(f"advanced, line {number}: '{raw.strip()}' is not 'key = value' (e.g. 'tv_variant = fixed').")
+        key, value = (part.strip() for part in line.split("=", 1))
+        params[key] = _typed(value)
+    return params
+
+
+def _typed(value: str) -> Any:
+    lowered = value.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered in ("none", "null"):
+        return None
+    for cast in (int, float):
+        try:
+            return cast(value)
+        except ValueError:
+            pass
+    return value.strip("'\"")
+
+
+def build_config(method: str, step_size: float, guided_fraction: float, advanced: str = "", weight: float = 1.0,
+                 previous: GuidanceConfig | None = None) -> GuidanceConfig:
+    """Make the BINDING_CONFIG for one method, appended to ``previous`` as a weighted term when given."""
+    if method not in METHODS:
+        raise ValueError(f"method: unknown '{method}'. Choose one of {', '.join(METHOD_ORDER)}.")
+    params = default_params(method)
+    params.update({"scale_factor": step_size, "guided_fraction": guided_fraction})
+    params = {k: v for k, v in params.items() if k in default_params(method)}
+    try:
+        params.update(parse_advanced(advanced))
+        objective = make_objective(method, **params)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"Binding Loss Config ({method}): {error}") from error
+    terms = list(previous.objective.terms) if previous is not None else []
+    terms.append((float(weight), objective))
+    description = " + ".join(f"{w:g}×{term.name}" for w, term in terms)
+    return GuidanceConfig(objective=ObjectiveChain(terms), description=description)
+
+
+class BindingLossConfig:
+    """Choose the binding method and its hyperparameters (defaults reproduce the reference code)."""
+
+    DESCRIPTION = (
+        "Chooses the binding loss and its schedule. Defaults reproduce each method's reference code. Chain several "
+        "configs (connect one into 'previous') to add their losses with weights; the first config's schedule is used."
+    )
+    CATEGORY = CATEGORY
+    FUNCTION = "configure"
+    RETURN_TYPES = ("BINDING_CONFIG",)
+    RETURN_NAMES = ("config",)
+    OUTPUT_TOOLTIPS = ("The guidance configuration for a Binding-Guided KSampler or Sampler.",)
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:  # noqa: N802  (ComfyUI API name)
+        methods = [m for m in METHOD_ORDER if m in METHODS] + sorted(set(METHODS) - set(METHOD_ORDER))
+        return {
+            "required": {
+                "method": (methods, {"default": "syngen", "tooltip": "syngen: SynGen (Rassin et al. 2023). syngen_entropy: SynGen with entropy terms. divide_and_bind: Divide & Bind. attend_and_excite: Attend-and-Excite. tsam: T-SAM."}),
+                "step_size": ("FLOAT", {"default": 20.0, "min": 0.0, "max": 1000.0, "step": 0.5,
+                                        "tooltip": "Latent step size of the gradient update (reference: 20 for SynGen, A&E and D&B; 5 for T-SAM). A&E, D&B and T-SAM decay it as s·sqrt(linspace(1, 0.5, steps))."}),
+                "guided_fraction": ("FLOAT", {"default": 0.5, "min": 0.0, "max": 1.0, "step": 0.05,
+                                              "tooltip": "Fraction of the sampling steps that get guidance, from the first step (reference: the first half; T-SAM's code uses 0.6)."}),
+                "advanced": ("STRING", {"default": "", "multiline": True,
+                                        "tooltip": "Optional method hyperparameters, one 'key = value' per line (see the node's help page). Empty keeps the reference defaults."}),
+                "weight": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 100.0, "step": 0.05,
+                                     "tooltip": "Weight of this loss when chained after another config."}),
+            },
+            "optional": {
+                "previous": ("BINDING_CONFIG", {"tooltip": "An earlier config; this method's loss is added to it with 'weight'."}),
+            },
+        }
+
+    def configure(self, method: str, step_size: float, guided_fraction: float, advanced: str, weight: float,
+                  previous: GuidanceConfig | None = None) -> tuple[GuidanceConfig]:
+        return (build_config(method, step_size, guided_fraction, advanced, weight, previous),)

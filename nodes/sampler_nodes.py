@@ -1,0 +1,106 @@
+"""Binding-Guided KSampler and Binding-Guided Sampler: thin nodes over ``guidance.sampler``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import comfy.sample
+import comfy.samplers
+import comfy.utils
+import latent_preview
+
+from ..guidance.inputs import GuidanceConfig, PromptBindings
+from ..guidance.sampler import BindingGuidanceError, BindingGuidedSampler
+
+CATEGORY = "sampling/binding_guidance"
+
+_GUIDANCE_INPUTS = {
+    "bindings": ("BINDINGS", {"tooltip": "Entities and modifiers from a Parse Bindings node; parse the same prompt as the positive conditioning."}),
+    "config": ("BINDING_CONFIG", {"tooltip": "Method and hyperparameters from a Binding Loss Config node."}),
+}
+
+
+def check_bindings_match(bindings: PromptBindings, positive: Any) -> None:
+    """Refuse bindings whose token positions cannot exist in the positive conditioning."""
+    if not positive:
+        raise BindingGuidanceError("positive: the conditioning is empty; connect a CLIP Text Encode output.")
+    context_length = int(positive[0][0].shape[1])
+    positions = [p for binding in bindings.layout.bindings for p in binding.positions]
+    if positions and max(positions) >= context_length:
+        raise BindingGuidanceError(
+            f"bindings: token position {max(positions)} does not exist in the positive conditioning "
+            f"({context_length} tokens). Parse Bindings must read the same prompt as the positive CLIP Text Encode."
+        )
+
+
+class BindingGuidedKSampler:
+    """KSampler with binding guidance: same inputs and output, plus BINDINGS and BINDING_CONFIG."""
+
+    DESCRIPTION = (
+        "A KSampler that keeps each modifier on its own noun. During the first guided steps it records the UNet's "
+        "cross-attention maps and nudges the latent so every modifier's map overlaps its noun's map (SynGen and "
+        "related methods). With a prompt that has no bindings it samples exactly like KSampler."
+    )
+    CATEGORY = CATEGORY
+    FUNCTION = "sample"
+    RETURN_TYPES = ("LATENT",)
+    OUTPUT_TOOLTIPS = ("The denoised latent.",)
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:  # noqa: N802  (ComfyUI API name)
+        return {
+            "required": {
+                "model": ("MODEL", {"tooltip": "The model used for denoising the input latent (an SD1.x, SD2.x or SDXL UNet)."}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
+                                 "tooltip": "The random seed used for creating the noise."}),
+                "steps": ("INT", {"default": 20, "min": 1, "max": 10000, "tooltip": "The number of denoising steps."}),
+                "cfg": ("FLOAT", {"default": 8.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01,
+                                  "tooltip": "Classifier-free guidance scale, as in KSampler."}),
+                "sampler_name": (comfy.samplers.KSampler.SAMPLERS, {"tooltip": "The sampling algorithm. uni_pc, uni_pc_bh2, dpm_fast and dpm_adaptive cannot carry a latent update and are refused."}),
+                "scheduler": (comfy.samplers.KSampler.SCHEDULERS, {"tooltip": "The noise schedule."}),
+                "positive": ("CONDITIONING", {"tooltip": "The conditioning of the prompt that Parse Bindings read."}),
+                "negative": ("CONDITIONING", {"tooltip": "The negative conditioning."}),
+                "latent_image": ("LATENT", {"tooltip": "The latent image to denoise."}),
+                "denoise": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
+                                      "tooltip": "The amount of denoising applied, as in KSampler."}),
+                **_GUIDANCE_INPUTS,
+            }
+        }
+
+    def sample(self, model: Any, seed: int, steps: int, cfg: float, sampler_name: str, scheduler: str, positive: Any,
+               negative: Any, latent_image: dict, denoise: float, bindings: PromptBindings,
+               config: GuidanceConfig) -> tuple[dict]:
+        check_bindings_match(bindings, positive)
+        sampler = BindingGuidedSampler(comfy.samplers.sampler_object(sampler_name), bindings, config)
+        latent = comfy.sample.fix_empty_latent_channels(model, latent_image["samples"])
+        noise = comfy.sample.prepare_noise(latent, seed, latent_image.get("batch_index"))
+        sigmas = comfy.samplers.KSampler(model, steps=steps, device=model.load_device, sampler=sampler_name,
+                                         scheduler=scheduler, denoise=denoise, model_options=model.model_options).sigmas
+        callback = latent_preview.prepare_callback(model, sigmas.shape[-1] - 1)
+        samples = comfy.sample.sample_custom(model, noise, cfg, sampler, sigmas, positive, negative, latent,
+                                             noise_mask=latent_image.get("noise_mask"), callback=callback,
+                                             disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
+        out = latent_image.copy()
+        out["samples"] = samples
+        return (out,)
+
+
+class BindingGuidedSamplerNode:
+    """SAMPLER in, SAMPLER out: adds binding guidance to SamplerCustom / SamplerCustomAdvanced graphs."""
+
+    DESCRIPTION = (
+        "Wraps a SAMPLER (from KSamplerSelect) so that it applies binding guidance. Use it with SamplerCustom or "
+        "SamplerCustomAdvanced and any guider that has a positive conditioning."
+    )
+    CATEGORY = CATEGORY
+    FUNCTION = "wrap"
+    RETURN_TYPES = ("SAMPLER",)
+    RETURN_NAMES = ("sampler",)
+    OUTPUT_TOOLTIPS = ("The same sampling algorithm, with binding guidance.",)
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:  # noqa: N802  (ComfyUI API name)
+        return {"required": {"sampler": ("SAMPLER", {"tooltip": "A sampler from KSamplerSelect."}), **_GUIDANCE_INPUTS}}
+
+    def wrap(self, sampler: Any, bindings: PromptBindings, config: GuidanceConfig) -> tuple[BindingGuidedSampler]:
+        return (BindingGuidedSampler(sampler, bindings, config),)
