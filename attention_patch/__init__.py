@@ -5,6 +5,8 @@ from .layers import (
     UnsupportedModelError,
     choose_main_factor,
     layers_at,
+    model_family,
+    require_unet,
     unet_cross_attention_layers,
 )
 from .recorder import AttentionRecorder, RecordingComplete
@@ -16,5 +18,7 @@ __all__ = [
     "UnsupportedModelError",
     "choose_main_factor",
     "layers_at",
+    "model_family",
+    "require_unet",
     "unet_cross_attention_layers",
 ]

@@ -7,6 +7,7 @@ serves SD1.x, SD2.x and SDXL UNets.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -54,15 +55,32 @@ def _contains(block: torch.nn.Module, class_name: str) -> bool:
     return any(type(m).__name__ == class_name for m in block.children())
 
 
-def unet_cross_attention_layers(diffusion_model: torch.nn.Module) -> list[CrossAttentionLayer]:
-    """List every ``attn2`` layer of an ldm-style UNet with its downsampling factor, in execution order."""
+def model_family(model: Any) -> str:
+    """The family ComfyUI detected for ``model`` (a ModelPatcher or a BaseModel): its model config class name.
+
+    E.g. ``SD15``, ``SD20``, ``SDXL``, ``SD3``, ``Flux``; the model class name when there is no config.
+    """
+    base = model if hasattr(model, "diffusion_model") else getattr(model, "model", model)
+    config = getattr(base, "model_config", None)
+    return type(config).__name__ if config is not None else type(base).__name__
+
+
+def unet_cross_attention_layers(
+    diffusion_model: torch.nn.Module, family: str | None = None
+) -> list[CrossAttentionLayer]:
+    """List every ``attn2`` layer of an ldm-style UNet with its downsampling factor, in execution order.
+
+    ``family`` (see :func:`model_family`) names the model in the error raised for non-UNet models.
+    """
     input_blocks = getattr(diffusion_model, "input_blocks", None)
     output_blocks = getattr(diffusion_model, "output_blocks", None)
     if input_blocks is None or output_blocks is None:
+        name = type(diffusion_model).__name__
+        described = f"{family} (diffusion model {name})" if family and family != name else name
         raise UnsupportedModelError(
-            f"Binding guidance needs a UNet model (SD1.x, SD2.x, SDXL); the connected model is "
-            f"{type(diffusion_model).__name__}, which has no UNet input/output blocks. "
-            "DiT/MMDiT models (SD3, Flux, ...) are not supported."
+            f"Binding guidance works on UNet models (SD1.x, SD2.x, SDXL) only; the connected model is {described}, "
+            "a transformer (DiT/MMDiT) without UNet cross-attention blocks. SD3, Flux and other DiT/MMDiT models "
+            "are not supported: use a plain KSampler for this model."
         )
     layers: list[CrossAttentionLayer] = []
     factor = 1
@@ -78,6 +96,12 @@ def unet_cross_attention_layers(diffusion_model: torch.nn.Module) -> list[CrossA
         if _contains(block, "Upsample"):
             factor //= 2
     return layers
+
+
+def require_unet(model: Any) -> list[CrossAttentionLayer]:
+    """The cross-attention layers of ``model`` (ModelPatcher or BaseModel); refuses non-UNet models by family."""
+    base = model if hasattr(model, "diffusion_model") else getattr(model, "model", model)
+    return unet_cross_attention_layers(base.diffusion_model, family=model_family(base))
 
 
 def choose_main_factor(layers: list[CrossAttentionLayer], preferred: int = 4) -> int:

@@ -101,6 +101,10 @@ class Objective:
 
     name: str = "objective"
 
+    def active(self, layout: TokenLayout) -> bool:
+        """Whether this layout gives the method anything to guide (else sampling runs unguided)."""
+        return bool(layout.bindings or layout.subjects)
+
     def levels(self, main_factor: int) -> set[int]:
         """Attention levels needed, keyed by downsampling factor from the latent."""
         return {main_factor}

@@ -98,9 +98,20 @@ class SynGenObjective(_Validated, Objective):
     scale_factor: float = 20.0
     guided_fraction: float = 0.5
     main_factor: int | None = None
+    include_entities: bool = False
+    """Reference default False: entities without modifiers get no set. True gives them the negative-only term."""
 
     def _breakdown_kwargs(self) -> dict[str, Any]:
         return {}
+
+    def _bindings(self, layout: TokenLayout) -> tuple:
+        if self.include_entities:
+            return tuple(layout.bindings)
+        return tuple(binding for binding in layout.bindings if binding.modifiers)
+
+    def active(self, layout: TokenLayout) -> bool:
+        """SynGen guides only when some entity has a modifier (or every entity, with ``include_entities``)."""
+        return bool(self._bindings(layout))
 
     def loss(
         self,
@@ -112,7 +123,7 @@ class SynGenObjective(_Validated, Objective):
     ) -> LossResult:
         """SynGen loss on the main level's raw maps."""
         maps = fp32_maps(select_main_level(attn, self.main_factor))
-        out = syngen_breakdown(maps, layout.bindings, layout.prompt_positions, **self._breakdown_kwargs())
+        out = syngen_breakdown(maps, self._bindings(layout), layout.prompt_positions, **self._breakdown_kwargs())
         terms = {"positive": out.positive.detach(), "negative": out.negative.detach()}
         return LossResult(total=out.total, metric=out.total.detach(), terms=terms)
 
@@ -438,6 +449,10 @@ class ObjectiveChain(Objective):
             raise ValueError("ObjectiveChain needs at least one (weight, objective) term")
         self.terms: tuple[tuple[float, Objective], ...] = tuple((float(w), obj) for w, obj in terms)
         self.name = "+".join(obj.name for _, obj in self.terms)
+
+    def active(self, layout: TokenLayout) -> bool:
+        """Active when any term is."""
+        return any(objective.active(layout) for _, objective in self.terms)
 
     def levels(self, main_factor: int) -> set[int]:
         """Union of every term's levels."""

@@ -17,6 +17,10 @@ class PromptBindings:
     entities: tuple[Any, ...] = ()
     parser: str = ""
     warnings: tuple[str, ...] = ()
+    clean: Any = None
+    """``tokens.CleanPrompt`` of the prompt (lets the sampler resolve words named on the config node)."""
+    table: Any = None
+    """``tokens.TokenTable`` of the prompt for the connected CLIP."""
     text_self_attention: Any = None
     """``[n+2, n+2]`` head- and layer-averaged CLIP self-attention (SOT, prompt tokens, EOT), for T-SAM; else None."""
 
@@ -36,6 +40,8 @@ class GuidanceConfig:
     """Preferred downsampling factor of the maps the losses read (4 = 16×16 at a 512 px SD1.x image)."""
     stop_forward_early: bool = True
     """End the guidance forward after the last layer whose maps are needed (identical gradients, less work)."""
+    subject_words: tuple[str, ...] = ()
+    """Explicit A&E / D&B subject words; empty means "the nouns of the bindings"."""
     measure_after_step: bool = False
     """Re-run the guidance forward after each update to record the loss it reached (tests and benchmarks)."""
     description: str = field(default="")

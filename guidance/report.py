@@ -38,6 +38,26 @@ class GuidanceReport:
         if maps is not None:
             self.last_maps = maps.float().cpu()
 
+    def to_dict(self) -> dict:
+        """JSON-friendly summary (maps left out)."""
+        return {
+            "main_factor": self.main_factor,
+            "num_steps": self.num_steps,
+            "steps": [
+                {
+                    "step": r.step,
+                    "sigma": r.sigma,
+                    "loss_before_update": r.loss_before,
+                    "loss_after_refinement": r.loss_after_refinement,
+                    "loss_after_update": r.loss_after_step,
+                    "refinement_iterations": r.refinement_iterations,
+                    "stepped": r.stepped,
+                    "step_size": r.step_size,
+                }
+                for r in self.steps
+            ],
+        }
+
     @property
     def losses(self) -> list[float]:
         """Loss at the start of each guided step, in step order."""

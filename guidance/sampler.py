@@ -7,7 +7,9 @@ sampler then continues from the moved latent with its multistep history and nois
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -19,8 +21,10 @@ from ..attention_patch import (
     RecordingComplete,
     choose_main_factor,
     layers_at,
-    unet_cross_attention_layers,
+    require_unet,
 )
+from ..binding_losses.types import TokenLayout
+from ..tokens import find_words
 from .inference_tensors import release_inference_tensors
 from .inputs import GuidanceConfig, PromptBindings
 from .report import GuidanceReport, StepRecord
@@ -39,10 +43,14 @@ def sampler_name_of(sampler: Any) -> str:
     name = getattr(function, "__name__", "") or ""
     for prefix in ("sample_", ""):
         if name.startswith(prefix):
-            name = name[len(prefix):]
+            name = name[len(prefix) :]
             break
-    aliases = {"unipc": "uni_pc", "unipc_bh2": "uni_pc_bh2", "dpm_fast_function": "dpm_fast",
-               "dpm_adaptive_function": "dpm_adaptive"}
+    aliases = {
+        "unipc": "uni_pc",
+        "unipc_bh2": "uni_pc_bh2",
+        "dpm_fast_function": "dpm_fast",
+        "dpm_adaptive_function": "dpm_adaptive",
+    }
     return aliases.get(name, name)
 
 
@@ -50,8 +58,8 @@ def check_sampler_supported(sampler: Any) -> None:
     """Refuse samplers that cannot carry a latent update, with a message that says what to use instead."""
     if not hasattr(sampler, "sampler_function"):
         raise BindingGuidanceError(
-            f"Binding guidance wraps ComfyUI's built-in k-diffusion samplers (KSamplerSelect); got {type(sampler).__name__}. "
-            "Connect a KSamplerSelect SAMPLER to the Binding-Guided Sampler node."
+            "Binding guidance wraps ComfyUI's built-in k-diffusion samplers (KSamplerSelect); "
+            f"got {type(sampler).__name__}. Connect a KSamplerSelect SAMPLER to the Binding-Guided Sampler node."
         )
     name = sampler_name_of(sampler)
     if name in UNSUPPORTED_SAMPLERS:
@@ -64,8 +72,12 @@ def check_sampler_supported(sampler: Any) -> None:
 class _GuidedDenoiser:
     """Stands between the k-diffusion sampler and ComfyUI's denoiser, applying guidance at planned calls."""
 
-    def __init__(self, denoiser: Any, on_first_evaluation: Callable[[torch.Tensor, torch.Tensor, int, Any, dict], None],
-                 plan: dict[int, int]) -> None:
+    def __init__(
+        self,
+        denoiser: Any,
+        on_first_evaluation: Callable[[torch.Tensor, torch.Tensor, int, Any, dict], None],
+        plan: dict[int, int],
+    ) -> None:
         self._denoiser = denoiser
         self._on_first_evaluation = on_first_evaluation
         self._plan = plan
@@ -74,14 +86,35 @@ class _GuidedDenoiser:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._denoiser, name)
 
-    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, denoise_mask: Any = None, model_options: dict | None = None,
-                 seed: int | None = None) -> torch.Tensor:
+    def __call__(
+        self,
+        x: torch.Tensor,
+        sigma: torch.Tensor,
+        denoise_mask: Any = None,
+        model_options: dict | None = None,
+        seed: int | None = None,
+    ) -> torch.Tensor:
         model_options = model_options if model_options is not None else {}
         step = self._plan.get(self._calls)
         self._calls += 1
         if step is not None:
             self._on_first_evaluation(x, sigma, step, denoise_mask, model_options)
         return self._denoiser(x, sigma, denoise_mask, model_options=model_options, seed=seed)
+
+
+def resolve_layout(bindings: PromptBindings, config: GuidanceConfig) -> TokenLayout:
+    """The bindings' layout, with the config's explicit subject words resolved to token positions."""
+    if not config.subject_words:
+        return bindings.layout
+    if bindings.clean is None or bindings.table is None:
+        raise BindingGuidanceError(
+            "config.words needs bindings from a Parse Bindings node (they carry the token table)."
+        )
+    try:
+        subjects = find_words(bindings.clean, bindings.table, config.subject_words)
+    except ValueError as error:
+        raise BindingGuidanceError(f"config words: {error} Use words that appear in the prompt.") from error
+    return dataclasses.replace(bindings.layout, subjects=subjects)
 
 
 class GuidanceRun:
@@ -92,11 +125,13 @@ class GuidanceRun:
         self.sigmas = sigmas.detach().float().cpu()
         num_steps = len(sigmas) - 1
         self.bindings = bindings
+        self.layout = resolve_layout(bindings, config)
         self.config = config
         self.objective = config.objective
+        self.active = self.objective.active(self.layout)
         self.num_steps = num_steps
         base_model = guider.inner_model
-        all_layers = unet_cross_attention_layers(base_model.diffusion_model)
+        all_layers = require_unet(base_model)  # refuses DiT/MMDiT models, naming the family
         self.main_factor = choose_main_factor(all_layers, config.main_factor)
         wanted = {f for f in self.objective.levels(self.main_factor) if f >= 1}
         self.layers = layers_at(all_layers, wanted)
@@ -110,10 +145,13 @@ class GuidanceRun:
             raise BindingGuidanceError("Binding guidance needs a positive conditioning; the guider has none.")
         # The guidance forward uses the first positive entry only (the prompt that was parsed).
         self.positive = positive[:1]
+        self._warned_non_finite = False
 
     def wants_step(self, step: int) -> bool:
         """Whether step ``step`` gets any guidance (a gradient step or refinement)."""
-        return self.objective.guides(step, self.num_steps) or self.objective.refinement(step, self.num_steps) is not None
+        return (
+            self.objective.guides(step, self.num_steps) or self.objective.refinement(step, self.num_steps) is not None
+        )
 
     def _loss(self, x: torch.Tensor, sigma: torch.Tensor, model_options: dict, step: int) -> Any:
         self.recorder.reset()
@@ -125,8 +163,9 @@ class GuidanceRun:
         levels = self.recorder.levels()
         if self.main_factor not in levels:
             raise BindingGuidanceError("No cross-attention maps were recorded at the main level during guidance.")
-        return self.objective.loss(levels, self.bindings.layout, step, self.num_steps,
-                                   text_self_attention=self.bindings.text_self_attention)
+        return self.objective.loss(
+            levels, self.layout, step, self.num_steps, text_self_attention=self.bindings.text_self_attention
+        )
 
     def _latent_scale(self, sigma: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         # The references step the UNet input z = c·x. z' = z − α∇_z L is x' = x − (α/c²)∇_x L.
@@ -134,63 +173,83 @@ class GuidanceRun:
         c = self.model_sampling.calculate_input(sigma.to(like.dtype), ones)
         return 1.0 / (c * c)
 
+    def _check_planned_sigma(self, sigma: torch.Tensor, step: int) -> None:
+        expected = float(self.sigmas[step])
+        seen = float(sigma.flatten()[0])
+        if abs(seen - expected) > 1e-4 * max(1.0, expected):
+            raise BindingGuidanceError(
+                f"Internal check failed: the model call planned for step {step} ran at sigma {seen:.5f}, not the "
+                f"step's sigma {expected:.5f}. Please report this with your sampler and scheduler."
+            )
+
+    def _loss_and_grad(
+        self, latent: torch.Tensor, sigma: torch.Tensor, model_options: dict, step: int
+    ) -> tuple[Any, torch.Tensor, float]:
+        leaf = latent.detach().requires_grad_(True)
+        result = self._loss(leaf, sigma, model_options, step)
+        total = result.total.float().sum()
+        if not total.requires_grad:
+            return result, torch.zeros_like(leaf), float(total)
+        (grad,) = torch.autograd.grad(total, leaf)
+        return result, grad, float(total.detach())
+
+    def _finite(self, loss: float, grad: torch.Tensor, step: int) -> bool:
+        if math.isfinite(loss) and bool(torch.isfinite(grad).all()):
+            return True
+        if not self._warned_non_finite:
+            log.warning(
+                "Binding guidance: non-finite loss or gradient at step %d; skipping that update "
+                "(further occurrences in this run are skipped silently).",
+                step,
+            )
+            self._warned_non_finite = True
+        return False
+
     def guide(self, x: torch.Tensor, sigma: torch.Tensor, step: int, denoise_mask: Any, model_options: dict) -> None:
         """Apply this step's guidance to the sampler's latent ``x`` in place."""
         if not self.wants_step(step):
             return
-        expected = float(self.sigmas[step])
-        if abs(float(sigma.flatten()[0]) - expected) > 1e-4 * max(1.0, expected):
-            raise BindingGuidanceError(
-                f"Internal check failed: the model call planned for step {step} ran at sigma {float(sigma.flatten()[0]):.5f}, "
-                f"not the step's sigma {expected:.5f}. Please report this with your sampler and scheduler."
-            )
+        self._check_planned_sigma(sigma, step)
         refinement = self.objective.refinement(step, self.num_steps)
         step_size = float(self.objective.step_size(step, self.num_steps))
         with torch.inference_mode(False), torch.enable_grad():
-            x_work = x.detach().clone().float()
+            latent = x.detach().clone().float()
             sigma_work = sigma.detach().clone()
-            scale = self._latent_scale(sigma_work, x_work)
-            mask = None if denoise_mask is None else denoise_mask.detach().clone().float()
-            iterations = 0
-            losses: list[float] = []
+            # z' = z − α∇_z L on the UNet input z = c·x is x' = x − (α/c²)∇_x L (spec §1.6.3).
+            scale = step_size * self._latent_scale(sigma_work, latent)
+            if denoise_mask is not None:
+                scale = scale * denoise_mask.detach().clone().float()
 
-            def loss_and_grad(latent: torch.Tensor) -> tuple[Any, torch.Tensor]:
-                leaf = latent.detach().requires_grad_(True)
-                result = self._loss(leaf, sigma_work, model_options, step)
-                total = result.total.float().sum()
-                if not total.requires_grad:
-                    return result, torch.zeros_like(leaf)
-                (grad,) = torch.autograd.grad(total, leaf)
-                return result, grad
-
-            def update(latent: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-                delta = step_size * scale * grad
-                if mask is not None:
-                    delta = delta * mask
-                return latent - delta
-
-            result, grad = loss_and_grad(x_work)
-            losses.append(float(result.total.detach().float().sum()))
-            if refinement is not None:
+            result, grad, loss = self._loss_and_grad(latent, sigma_work, model_options, step)
+            loss_before, iterations, stepped, loss_after_step = loss, 0, False, None
+            usable = self._finite(loss, grad, step)
+            if usable and refinement is not None:
                 while iterations < refinement.max_iterations and refinement.should_continue(result):
-                    x_work = update(x_work, grad)
-                    result, grad = loss_and_grad(x_work)
-                    losses.append(float(result.total.detach().float().sum()))
+                    candidate = latent - scale * grad
+                    new_result, new_grad, new_loss = self._loss_and_grad(candidate, sigma_work, model_options, step)
                     iterations += 1
-            stepped = False
-            if self.objective.guides(step, self.num_steps) and losses[-1] != 0.0:
-                x_work = update(x_work, grad)
+                    if not self._finite(new_loss, new_grad, step):
+                        break
+                    latent, result, grad, loss = candidate, new_result, new_grad, new_loss
+            if usable and self.objective.guides(step, self.num_steps) and loss != 0.0:
+                latent = latent - scale * grad
                 stepped = True
+                if self.config.measure_after_step:
+                    loss_after_step = self._loss_and_grad(latent, sigma_work, model_options, step)[2]
             maps = self.recorder.levels().get(self.main_factor)
-            loss_after_step = None
-            if stepped and self.config.measure_after_step:
-                loss_after_step = float(loss_and_grad(x_work)[0].total.detach().float().sum())
         with torch.inference_mode():
-            x.copy_(x_work.to(x.dtype))
-        self.report.add(StepRecord(step=step, sigma=float(sigma.flatten()[0]), loss_before=losses[0], loss_after_refinement=losses[-1],
-                                   refinement_iterations=iterations, stepped=stepped, step_size=step_size,
-                                   loss_after_step=loss_after_step),
-                        maps.mean.detach() if maps is not None else None)
+            x.copy_(latent.to(x.dtype))
+        record = StepRecord(
+            step=step,
+            sigma=float(sigma.flatten()[0]),
+            loss_before=loss_before,
+            loss_after_refinement=loss,
+            refinement_iterations=iterations,
+            stepped=stepped,
+            step_size=step_size,
+            loss_after_step=loss_after_step,
+        )
+        self.report.add(record, maps.mean.detach() if maps is not None else None)
 
 
 class BindingGuidedSampler(comfy.samplers.Sampler):
@@ -206,14 +265,22 @@ class BindingGuidedSampler(comfy.samplers.Sampler):
     def max_denoise(self, model_wrap: Any, sigmas: torch.Tensor) -> bool:
         return self.inner.max_denoise(model_wrap, sigmas)
 
-    def sample(self, model_wrap: Any, sigmas: torch.Tensor, extra_args: dict, callback: Any, noise: torch.Tensor,
-               latent_image: torch.Tensor | None = None, denoise_mask: torch.Tensor | None = None,
-               disable_pbar: bool = False) -> torch.Tensor:
+    def sample(
+        self,
+        model_wrap: Any,
+        sigmas: torch.Tensor,
+        extra_args: dict,
+        callback: Any,
+        noise: torch.Tensor,
+        latent_image: torch.Tensor | None = None,
+        denoise_mask: torch.Tensor | None = None,
+        disable_pbar: bool = False,
+    ) -> torch.Tensor:
         inner = self.inner
         num_steps = len(sigmas) - 1
         run = GuidanceRun(model_wrap, self.bindings, self.config, sigmas)
         self.last_report = run.report
-        if self.bindings.is_empty:
+        if not run.active:
             log.info("Binding guidance: the prompt has no bindings; sampling without guidance.")
         else:
             replaced = release_inference_tensors(model_wrap.inner_model)
@@ -227,26 +294,34 @@ class BindingGuidedSampler(comfy.samplers.Sampler):
         denoiser.latent_image = latent_image
         if inner.inpaint_options.get("random", False):
             generator = torch.manual_seed(extra_args.get("seed", 41) + 1)
-            denoiser.noise = torch.randn(noise.shape, generator=generator, device="cpu").to(noise.dtype).to(noise.device)
+            denoiser.noise = (
+                torch.randn(noise.shape, generator=generator, device="cpu").to(noise.dtype).to(noise.device)
+            )
         else:
             denoiser.noise = noise
-        x = model_wrap.inner_model.model_sampling.noise_scaling(sigmas[0], noise, latent_image, self.max_denoise(model_wrap, sigmas))
+        x = model_wrap.inner_model.model_sampling.noise_scaling(
+            sigmas[0], noise, latent_image, self.max_denoise(model_wrap, sigmas)
+        )
 
         plan: dict[int, int] = {}
-        if not self.bindings.is_empty:
+        if run.active:
             plan = self._plan(run, denoiser, x, sigmas, extra_args)
         guided = _GuidedDenoiser(denoiser, run.guide, plan)
 
         k_callback = None
         if callback is not None:
             k_callback = lambda info: callback(info["i"], info["denoised"], info["x"], num_steps)  # noqa: E731
-        samples = inner.sampler_function(guided, x, sigmas, extra_args=extra_args, callback=k_callback,
-                                         disable=disable_pbar, **inner.extra_options)
+        samples = inner.sampler_function(
+            guided, x, sigmas, extra_args=extra_args, callback=k_callback, disable=disable_pbar, **inner.extra_options
+        )
         return model_wrap.inner_model.model_sampling.inverse_noise_scaling(sigmas[-1], samples)
 
-    def _plan(self, run: GuidanceRun, denoiser: Any, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict) -> dict[int, int]:
-        first_calls, call_sigmas = first_evaluation_calls(self.inner.sampler_function, self.inner.extra_options, denoiser,
-                                                          x, sigmas, extra_args)
+    def _plan(
+        self, run: GuidanceRun, denoiser: Any, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict
+    ) -> dict[int, int]:
+        first_calls, _ = first_evaluation_calls(
+            self.inner.sampler_function, self.inner.extra_options, denoiser, x, sigmas, extra_args
+        )
         plan: dict[int, int] = {}
         for step in range(run.num_steps):
             if not run.wants_step(step):

@@ -29,20 +29,43 @@ class _RecordingDenoiser:
         self.inner_model = real_denoiser.inner_model  # attribute reads only (model_sampling, model_patcher)
         self.calls: list[float] = []
 
-    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, denoise_mask: Any = None, model_options: dict | None = None,
-                 seed: int | None = None) -> torch.Tensor:
+    def __call__(
+        self,
+        x: torch.Tensor,
+        sigma: torch.Tensor,
+        denoise_mask: Any = None,
+        model_options: dict | None = None,
+        seed: int | None = None,
+    ) -> torch.Tensor:
         self.calls.append(float(sigma.flatten()[0]))
         denoised = torch.zeros_like(x)
         # cfg_pp samplers read the uncond prediction through a post-CFG hook; feed them the same zeros.
         for fn in (model_options or {}).get("sampler_post_cfg_function", []):
-            denoised = fn({"denoised": denoised, "cond": x, "uncond": x, "cond_scale": 1.0, "model": self.inner_model,
-                           "uncond_denoised": denoised, "cond_denoised": denoised, "sigma": sigma,
-                           "model_options": model_options, "input": x})
+            denoised = fn(
+                {
+                    "denoised": denoised,
+                    "cond": x,
+                    "uncond": x,
+                    "cond_scale": 1.0,
+                    "model": self.inner_model,
+                    "uncond_denoised": denoised,
+                    "cond_denoised": denoised,
+                    "sigma": sigma,
+                    "model_options": model_options,
+                    "input": x,
+                }
+            )
         return denoised
 
 
-def first_evaluation_calls(sampler_function: Callable, extra_options: dict, real_denoiser: Any, x: torch.Tensor,
-                           sigmas: torch.Tensor, extra_args: dict) -> tuple[list[int | None], list[float]]:
+def first_evaluation_calls(
+    sampler_function: Callable,
+    extra_options: dict,
+    real_denoiser: Any,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    extra_args: dict,
+) -> tuple[list[int | None], list[float]]:
     """Dry-run ``sampler_function`` and return, per step, the index of its first model call (None if unknown).
 
     Also returns the sigma seen by every call. Random number generator state is left untouched.

@@ -39,8 +39,13 @@ def _typed(value: str) -> Any:
     return value.strip("'\"")
 
 
+def parse_words(text: str) -> tuple[str, ...]:
+    """Split a comma-separated word list ("cat, frog") into words."""
+    return tuple(word.strip() for word in text.split(",") if word.strip())
+
+
 def build_config(method: str, step_size: float, guided_fraction: float, advanced: str = "", weight: float = 1.0,
-                 previous: GuidanceConfig | None = None) -> GuidanceConfig:
+                 previous: GuidanceConfig | None = None, words: str = "") -> GuidanceConfig:
     """Make the BINDING_CONFIG for one method, appended to ``previous`` as a weighted term when given."""
     if method not in METHODS:
         raise ValueError(f"method: unknown '{method}'. Choose one of {', '.join(METHOD_ORDER)}.")
@@ -48,14 +53,19 @@ def build_config(method: str, step_size: float, guided_fraction: float, advanced
     params.update({"scale_factor": step_size, "guided_fraction": guided_fraction})
     params = {k: v for k, v in params.items() if k in default_params(method)}
     try:
-        params.update(parse_advanced(advanced))
+        extra = parse_advanced(advanced)
+        measure_after_step = bool(extra.pop("measure_after_step", False))
+        params.update(extra)
         objective = make_objective(method, **params)
     except (TypeError, ValueError) as error:
         raise ValueError(f"Binding Loss Config ({method}): {error}") from error
     terms = list(previous.objective.terms) if previous is not None else []
     terms.append((float(weight), objective))
     description = " + ".join(f"{w:g}×{term.name}" for w, term in terms)
-    return GuidanceConfig(objective=ObjectiveChain(terms), description=description)
+    subject_words = parse_words(words) or (previous.subject_words if previous is not None else ())
+    measure_after_step = measure_after_step or (previous is not None and previous.measure_after_step)
+    return GuidanceConfig(objective=ObjectiveChain(terms), subject_words=subject_words,
+                          measure_after_step=measure_after_step, description=description)
 
 
 class BindingLossConfig:
@@ -85,6 +95,8 @@ class BindingLossConfig:
                                         "tooltip": "Optional method hyperparameters, one 'key = value' per line (see the node's help page). Empty keeps the reference defaults."}),
                 "weight": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 100.0, "step": 0.05,
                                      "tooltip": "Weight of this loss when chained after another config."}),
+                "words": ("STRING", {"default": "",
+                                     "tooltip": "Optional comma-separated subject words for Attend-and-Excite and Divide & Bind (e.g. 'cat, frog'). Empty: the nouns found by Parse Bindings."}),
             },
             "optional": {
                 "previous": ("BINDING_CONFIG", {"tooltip": "An earlier config; this method's loss is added to it with 'weight'."}),
@@ -92,5 +104,5 @@ class BindingLossConfig:
         }
 
     def configure(self, method: str, step_size: float, guided_fraction: float, advanced: str, weight: float,
-                  previous: GuidanceConfig | None = None) -> tuple[GuidanceConfig]:
-        return (build_config(method, step_size, guided_fraction, advanced, weight, previous),)
+                  words: str = "", previous: GuidanceConfig | None = None) -> tuple[GuidanceConfig]:
+        return (build_config(method, step_size, guided_fraction, advanced, weight, previous, words),)

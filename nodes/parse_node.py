@@ -35,7 +35,7 @@ def parse_prompt_bindings(clip: Any, prompt: str, mode: str = "robust", spacy_mo
     alignment = align_entities(parsed, clean, table)
     warnings = tuple(parsed.warnings) + tuple(alignment.warnings)
     bindings = PromptBindings(prompt=prompt, layout=alignment.layout, entities=tuple(parsed.entities),
-                              parser=parsed.parser, warnings=warnings)
+                              parser=parsed.parser, warnings=warnings, clean=clean, table=table)
     return bindings, preview_text(bindings, table)
 
 

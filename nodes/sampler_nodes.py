@@ -10,6 +10,7 @@ import comfy.utils
 import latent_preview
 
 from ..guidance.inputs import GuidanceConfig, PromptBindings
+from ..guidance.previews import attention_panels, loss_curve
 from ..guidance.sampler import BindingGuidanceError, BindingGuidedSampler
 
 CATEGORY = "sampling/binding_guidance"
@@ -33,6 +34,18 @@ def check_bindings_match(bindings: PromptBindings, positive: Any) -> None:
         )
 
 
+def word_labels(bindings: PromptBindings) -> dict[tuple[int, ...], str]:
+    """Readable names for the words of the layout, taken from the prompt's token table."""
+    labels: dict[tuple[int, ...], str] = {}
+    table = bindings.table
+    for binding in bindings.layout.bindings:
+        for word in (binding.noun, *binding.modifiers):
+            if table is not None:
+                pieces = [table[p].piece for p in word if 0 <= p < len(table)]
+                labels[tuple(word)] = "".join(pieces).replace("</w>", " ").strip()
+    return labels
+
+
 class BindingGuidedKSampler:
     """KSampler with binding guidance: same inputs and output, plus BINDINGS and BINDING_CONFIG."""
 
@@ -43,8 +56,13 @@ class BindingGuidedKSampler:
     )
     CATEGORY = CATEGORY
     FUNCTION = "sample"
-    RETURN_TYPES = ("LATENT",)
-    OUTPUT_TOOLTIPS = ("The denoised latent.",)
+    RETURN_TYPES = ("LATENT", "IMAGE", "IMAGE")
+    RETURN_NAMES = ("LATENT", "attention_maps", "loss_curve")
+    OUTPUT_TOOLTIPS = (
+        "The denoised latent.",
+        "One panel row per binding: the noun's cross-attention map, then each modifier's, at the last guided step.",
+        "The binding loss at each guided step.",
+    )
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:  # noqa: N802  (ComfyUI API name)
@@ -69,7 +87,7 @@ class BindingGuidedKSampler:
 
     def sample(self, model: Any, seed: int, steps: int, cfg: float, sampler_name: str, scheduler: str, positive: Any,
                negative: Any, latent_image: dict, denoise: float, bindings: PromptBindings,
-               config: GuidanceConfig) -> tuple[dict]:
+               config: GuidanceConfig) -> dict:
         check_bindings_match(bindings, positive)
         sampler = BindingGuidedSampler(comfy.samplers.sampler_object(sampler_name), bindings, config)
         latent = comfy.sample.fix_empty_latent_channels(model, latent_image["samples"])
@@ -82,7 +100,11 @@ class BindingGuidedKSampler:
                                              disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
         out = latent_image.copy()
         out["samples"] = samples
-        return (out,)
+        report = sampler.last_report
+        maps = attention_panels(report, bindings.layout, word_labels(bindings))
+        curve = loss_curve(report)
+        summary = report.to_dict() if report is not None else {}
+        return {"ui": {"binding_report": [summary]}, "result": (out, maps, curve)}
 
 
 class BindingGuidedSamplerNode:

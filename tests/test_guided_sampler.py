@@ -36,8 +36,15 @@ def setup(harness: Any, sd15: tuple) -> dict:
     }
 
 
-def _sample(harness: Any, setup: dict, sampler_name: str, bindings: Any, scheduler: str = "karras",
-            latent: torch.Tensor | None = None, noise_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, Any]:
+def _sample(
+    harness: Any,
+    setup: dict,
+    sampler_name: str,
+    bindings: Any,
+    scheduler: str = "karras",
+    latent: torch.Tensor | None = None,
+    noise_mask: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, Any]:
     import comfy.sample
     import comfy.samplers
 
@@ -45,13 +52,26 @@ def _sample(harness: Any, setup: dict, sampler_name: str, bindings: Any, schedul
     model = setup["model"]
     latent = setup["latent"] if latent is None else latent
     with torch.inference_mode():
-        sigmas = comfy.samplers.KSampler(model, STEPS, model.load_device, sampler_name, scheduler, 1.0,
-                                         model_options=model.model_options).sigmas
-        sampler = guided_sampler.BindingGuidedSampler(comfy.samplers.sampler_object(sampler_name), bindings,
-                                                      setup["config"])
+        sigmas = comfy.samplers.KSampler(
+            model, STEPS, model.load_device, sampler_name, scheduler, 1.0, model_options=model.model_options
+        ).sigmas
+        sampler = guided_sampler.BindingGuidedSampler(
+            comfy.samplers.sampler_object(sampler_name), bindings, setup["config"]
+        )
         noise = comfy.sample.prepare_noise(latent, 7)
-        out = comfy.sample.sample_custom(model, noise, 5.0, sampler, sigmas, setup["positive"], setup["negative"],
-                                         latent, noise_mask=noise_mask, disable_pbar=True, seed=7)
+        out = comfy.sample.sample_custom(
+            model,
+            noise,
+            5.0,
+            sampler,
+            sigmas,
+            setup["positive"],
+            setup["negative"],
+            latent,
+            noise_mask=noise_mask,
+            disable_pbar=True,
+            seed=7,
+        )
     return out, sampler.last_report
 
 
@@ -60,8 +80,19 @@ def _stock(setup: dict, sampler_name: str, scheduler: str = "karras") -> torch.T
 
     with torch.inference_mode():
         noise = comfy.sample.prepare_noise(setup["latent"], 7)
-        return comfy.sample.sample(setup["model"], noise, STEPS, 5.0, sampler_name, scheduler, setup["positive"],
-                                   setup["negative"], setup["latent"], disable_pbar=True, seed=7)
+        return comfy.sample.sample(
+            setup["model"],
+            noise,
+            STEPS,
+            5.0,
+            sampler_name,
+            scheduler,
+            setup["positive"],
+            setup["negative"],
+            setup["latent"],
+            disable_pbar=True,
+            seed=7,
+        )
 
 
 def _supported_samplers(harness: Any) -> list[str]:
@@ -94,8 +125,16 @@ def test_samplers_that_cannot_carry_the_update_are_refused(harness: Any, setup: 
         guided_sampler.BindingGuidedSampler(comfy.samplers.sampler_object(name), setup["bindings"], setup["config"])
 
 
-@pytest.mark.parametrize("name,scheduler", [("euler", "normal"), ("dpmpp_2m", "karras"), ("heun", "simple"),
-                                            ("euler_ancestral", "exponential"), ("lcm", "sgm_uniform")])
+@pytest.mark.parametrize(
+    "name,scheduler",
+    [
+        ("euler", "normal"),
+        ("dpmpp_2m", "karras"),
+        ("heun", "simple"),
+        ("euler_ancestral", "exponential"),
+        ("lcm", "sgm_uniform"),
+    ],
+)
 def test_empty_bindings_match_stock_ksampler_exactly(harness: Any, setup: dict, name: str, scheduler: str) -> None:
     guided, report = _sample(harness, setup, name, setup["empty"], scheduler=scheduler)
     assert report.steps == []

@@ -7,6 +7,7 @@ from .align import (
     align_entities,
     describe_layout,
     describe_table,
+    find_words,
     word_positions,
 )
 from .clip_tokens import ClipToken, TokenTable, token_table, token_table_for_clip
@@ -25,6 +26,7 @@ __all__ = [
     "comfy_groups",
     "describe_layout",
     "describe_table",
+    "find_words",
     "strip_comfy_syntax",
     "token_table",
     "token_table_for_clip",

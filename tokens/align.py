@@ -8,7 +8,8 @@ repeated words ("a red car and a red bike") bind by position, never by text.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -175,3 +176,23 @@ def describe_layout(layout: TokenLayout, table: TokenTable) -> str:
         mods = ", ".join(_positions_text(table, m) for m in binding.modifiers) or "(no modifiers)"
         lines.append(f"  {_positions_text(table, binding.noun)} <- {mods}")
     return "\n".join(lines)
+
+
+def find_words(clean: CleanPrompt, table: TokenTable, words: Sequence[str]) -> tuple[tuple[int, ...], ...]:
+    """CLIP positions of each word (whole-word, case-insensitive, earliest unused occurrence in the prompt).
+
+    Raises ValueError naming the first word that is not in the prompt.
+    """
+    used: set[int] = set()
+    found: list[tuple[int, ...]] = []
+    for word in words:
+        pattern = re.compile(r"(?<!\w)" + re.escape(word.strip()) + r"(?!\w)", re.IGNORECASE)
+        match = next((m for m in pattern.finditer(clean.text) if m.start() not in used), None)
+        if match is None:
+            raise ValueError(f"'{word.strip()}' is not a word of the prompt '{clean.text}'.")
+        used.add(match.start())
+        positions = word_positions(clean, table, match.start(), match.end())
+        if not positions:
+            raise ValueError(f"'{word.strip()}' has no CLIP tokens in the prompt (was it inside an embedding?).")
+        found.append(positions)
+    return tuple(found)
