@@ -22,7 +22,7 @@ class PromptBindings:
     table: Any = None
     """``tokens.TokenTable`` of the prompt for the connected CLIP."""
     text_self_attention: Any = None
-    """``[n+2, n+2]`` head- and layer-averaged CLIP self-attention (SOT, prompt tokens, EOT), for T-SAM; else None."""
+    """``[77, 77]`` CLIP self-attention of the prompt's first chunk (layer- and head-averaged), for T-SAM."""
 
     @property
     def is_empty(self) -> bool:

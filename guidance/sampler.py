@@ -129,6 +129,7 @@ class GuidanceRun:
         self.config = config
         self.objective = config.objective
         self.active = self.objective.active(self.layout)
+        self.text_attention = bindings.text_self_attention
         self.num_steps = num_steps
         base_model = guider.inner_model
         all_layers = require_unet(base_model)  # refuses DiT/MMDiT models, naming the family
@@ -163,9 +164,7 @@ class GuidanceRun:
         levels = self.recorder.levels()
         if self.main_factor not in levels:
             raise BindingGuidanceError("No cross-attention maps were recorded at the main level during guidance.")
-        return self.objective.loss(
-            levels, self.layout, step, self.num_steps, text_self_attention=self.bindings.text_self_attention
-        )
+        return self.objective.loss(levels, self.layout, step, self.num_steps, text_self_attention=self.text_attention)
 
     def _latent_scale(self, sigma: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         # The references step the UNet input z = c·x. z' = z − α∇_z L is x' = x − (α/c²)∇_x L.

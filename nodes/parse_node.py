@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from ..attention_patch.text_attention import clip_text_self_attention
 from ..guidance.inputs import PromptBindings
 from ..parsers import MODES, OVERRIDE_SYNTAX, SPACY_MODEL_CHOICES, parse_bindings, parse_override, register_model_dir
 from ..tokens import align_entities, describe_layout, strip_comfy_syntax, token_table_for_clip
@@ -35,7 +36,8 @@ def parse_prompt_bindings(clip: Any, prompt: str, mode: str = "robust", spacy_mo
     alignment = align_entities(parsed, clean, table)
     warnings = tuple(parsed.warnings) + tuple(alignment.warnings)
     bindings = PromptBindings(prompt=prompt, layout=alignment.layout, entities=tuple(parsed.entities),
-                              parser=parsed.parser, warnings=warnings, clean=clean, table=table)
+                              parser=parsed.parser, warnings=warnings, clean=clean, table=table,
+                              text_self_attention=clip_text_self_attention(clip, prompt))
     return bindings, preview_text(bindings, table)
 
 

@@ -1,0 +1,105 @@
+"""Every binding method (and a chain) guides a real ComfyUI sampling run through the pack's own nodes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+PROMPT = "a pink sunflower and a yellow flamingo"
+STEPS = 4
+# Refinement off keeps each case to one forward+backward per guided step; refinement has its own test below.
+CASES = {
+    "syngen": "",
+    "syngen_entropy": "",
+    "attend_and_excite": "refine = false",
+    "divide_and_bind": "refine = false",
+    "tsam": "refine = false",
+}
+
+
+@pytest.fixture(scope="module")
+def graph_parts(harness: Any, sd15: tuple) -> dict:
+    model, clip, _ = sd15
+    parse = harness.module("nodes.parse_node")
+    with torch.inference_mode():
+        bindings, preview = parse.parse_prompt_bindings(clip, PROMPT)
+        positive = harness.node("CLIPTextEncode").encode(clip, PROMPT)[0]
+        negative = harness.node("CLIPTextEncode").encode(clip, "")[0]
+    return {"model": model, "bindings": bindings, "preview": preview, "positive": positive, "negative": negative}
+
+
+def _run(harness: Any, parts: dict, config: Any) -> Any:
+    import comfy.sample
+    import comfy.samplers
+
+    sampler_module = harness.module("guidance.sampler")
+    model = parts["model"]
+    latent = torch.zeros(1, 4, 16, 16)
+    with torch.inference_mode():
+        sigmas = comfy.samplers.KSampler(model, STEPS, model.load_device, "euler", "karras", 1.0,
+                                         model_options=model.model_options).sigmas
+        sampler = sampler_module.BindingGuidedSampler(comfy.samplers.sampler_object("euler"), parts["bindings"], config)
+        out = comfy.sample.sample_custom(model, comfy.sample.prepare_noise(latent, 5), 5.0, sampler, sigmas,
+                                         parts["positive"], parts["negative"], latent, disable_pbar=True, seed=5)
+    assert torch.isfinite(out).all()
+    return sampler.last_report
+
+
+def test_parse_bindings_finds_both_pairs_and_the_text_attention(graph_parts: dict) -> None:
+    layout = graph_parts["bindings"].layout
+    assert {(b.noun, b.modifiers) for b in layout.bindings} == {((3,), ((2,),)), ((7,), ((6,),))}
+    assert "sunflower" in graph_parts["preview"] and "flamingo" in graph_parts["preview"]
+    attention = graph_parts["bindings"].text_self_attention
+    assert attention.shape == (77, 77)
+    assert torch.allclose(attention.sum(-1), torch.ones(77), atol=1e-4)  # rows are distributions
+    assert attention.triu(1).abs().max() < 1e-6  # causal
+
+
+@pytest.mark.parametrize("method", list(CASES))
+def test_method_lowers_its_loss(harness: Any, graph_parts: dict, method: str) -> None:
+    config_node = harness.module("nodes.config_node")
+    step_size = 5.0 if method == "tsam" else 20.0
+    config = config_node.build_config(method, step_size, 0.5, CASES[method] + "\nmeasure_after_step = true")
+    report = _run(harness, graph_parts, config)
+    stepped = [r for r in report.steps if r.stepped]
+    assert stepped, f"{method}: no guided update"
+    lowered = [r.loss_after_step < r.loss_before for r in stepped]
+    assert sum(lowered) >= 0.5 * len(lowered), [(r.loss_before, r.loss_after_step) for r in stepped]
+
+
+def test_chained_config_adds_terms_and_keeps_the_first_schedule(harness: Any, graph_parts: dict) -> None:
+    config_node = harness.module("nodes.config_node")
+    first = config_node.build_config("syngen", 20.0, 0.5)
+    chained = config_node.build_config("divide_and_bind", 20.0, 0.25, "refine = false", weight=0.5, previous=first)
+    assert [w for w, _ in chained.objective.terms] == [1.0, 0.5]
+    assert chained.objective.name == "syngen+divide_and_bind"
+    report = _run(harness, graph_parts, chained)
+    assert [r.step for r in report.steps] == [0, 1]  # SynGen's half, not D&B's quarter
+
+
+def test_attend_and_excite_refines_at_the_first_step(harness: Any, graph_parts: dict) -> None:
+    config_node = harness.module("nodes.config_node")
+    config = config_node.build_config("attend_and_excite", 20.0, 0.5, "max_refinement_steps = 3")
+    report = _run(harness, graph_parts, config)
+    assert report.steps[0].refinement_iterations == 3  # random maps never reach the 0.95 target
+
+
+def test_config_words_override_subjects_and_name_a_missing_word(harness: Any, graph_parts: dict) -> None:
+    config_node = harness.module("nodes.config_node")
+    sampler_module = harness.module("guidance.sampler")
+    config = config_node.build_config("attend_and_excite", 20.0, 0.5, "refine = false", words="flamingo")
+    layout = sampler_module.resolve_layout(graph_parts["bindings"], config)
+    assert layout.subjects == ((7,),)
+    missing = config_node.build_config("attend_and_excite", 20.0, 0.5, words="frog")
+    with pytest.raises(sampler_module.BindingGuidanceError, match="'frog' is not a word of the prompt"):
+        sampler_module.resolve_layout(graph_parts["bindings"], missing)
+
+
+def test_bad_advanced_parameter_is_named(harness: Any) -> None:
+    config_node = harness.module("nodes.config_node")
+    with pytest.raises(ValueError, match="tv_varient"):
+        config_node.build_config("divide_and_bind", 20.0, 0.5, "tv_varient = fixed")
+    with pytest.raises(ValueError, match="line 1"):
+        config_node.build_config("syngen", 20.0, 0.5, "nonsense")
