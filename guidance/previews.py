@@ -40,20 +40,38 @@ def _panel(values: np.ndarray, label: str, background: np.ndarray | None) -> Ima
     return canvas
 
 
+def last_maps(report: GuidanceReport | None) -> torch.Tensor | None:
+    """``[K, H, W]`` maps of the first image at the last guided step, or None."""
+    if report is None or report.last_maps is None:
+        return None
+    return report.last_maps[0]
+
+
+def word_maps(maps: torch.Tensor | None, layout: TokenLayout) -> dict:
+    """The maps of every position the layout uses, as JSON-friendly lists (for reports and scripts)."""
+    if maps is None:
+        return {}
+    positions = sorted({p for binding in layout.bindings for p in binding.positions})
+    return {
+        "height": int(maps.shape[-2]),
+        "width": int(maps.shape[-1]),
+        "positions": {str(p): maps[p].tolist() for p in positions if p < maps.shape[0]},
+    }
+
+
 def attention_panels(
-    report: GuidanceReport | None,
+    maps: torch.Tensor | None,
     layout: TokenLayout,
     words: dict[tuple[int, ...], str],
     image: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """One row per binding: the noun's map, then each modifier's map, from the last guided step (first image).
+    """One row per binding: the noun's map, then each modifier's map (``maps`` is ``[K, H, W]``).
 
     ``words`` names each word's positions. With ``image`` (``[B, H, W, 3]`` in [0, 1]) the maps are overlaid on it.
     Returns an IMAGE batch ``[bindings, h, w, 3]``; a single dark placeholder when nothing was recorded.
     """
-    if report is None or report.last_maps is None or not layout.bindings:
+    if maps is None or not layout.bindings:
         return _placeholder("no attention recorded (no bindings, or no guided step)")
-    maps = report.last_maps[0]
     background = image[0].detach().float().cpu().numpy() if image is not None else None
     width = 1 + max(len(binding.modifiers) for binding in layout.bindings)
     rows = []

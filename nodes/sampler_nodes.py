@@ -10,7 +10,7 @@ import comfy.utils
 import latent_preview
 
 from ..guidance.inputs import GuidanceConfig, PromptBindings
-from ..guidance.previews import attention_panels, loss_curve
+from ..guidance.previews import attention_panels, last_maps, loss_curve, word_maps
 from ..guidance.sampler import BindingGuidanceError, BindingGuidedSampler
 
 CATEGORY = "sampling/binding_guidance"
@@ -44,6 +44,20 @@ def word_labels(bindings: PromptBindings) -> dict[tuple[int, ...], str]:
                 pieces = [table[p].piece for p in word if 0 <= p < len(table)]
                 labels[tuple(word)] = "".join(pieces).replace("</w>", " ").strip()
     return labels
+
+
+def binding_summary(bindings: PromptBindings) -> list[dict]:
+    """The bindings as the sampler used them: words and token positions (negated modifiers already left out)."""
+    labels = word_labels(bindings)
+    return [
+        {
+            "noun": labels.get(tuple(binding.noun), ""),
+            "modifiers": [labels.get(tuple(word), "") for word in binding.modifiers],
+            "noun_positions": list(binding.noun),
+            "modifier_positions": [list(word) for word in binding.modifiers],
+        }
+        for binding in bindings.layout.bindings
+    ]
 
 
 class BindingGuidedKSampler:
@@ -101,10 +115,13 @@ class BindingGuidedKSampler:
         out = latent_image.copy()
         out["samples"] = samples
         report = sampler.last_report
-        maps = attention_panels(report, bindings.layout, word_labels(bindings))
+        maps = last_maps(report)
+        panels = attention_panels(maps, bindings.layout, word_labels(bindings))
         curve = loss_curve(report)
         summary = report.to_dict() if report is not None else {}
-        return {"ui": {"binding_report": [summary]}, "result": (out, maps, curve)}
+        summary["maps"] = word_maps(maps, bindings.layout)
+        summary["bindings"] = binding_summary(bindings)
+        return {"ui": {"binding_report": [summary]}, "result": (out, panels, curve)}
 
 
 class BindingGuidedSamplerNode:

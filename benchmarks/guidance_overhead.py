@@ -1,0 +1,183 @@
+"""What binding guidance costs: plain vs guided sampling on the same model, in one process.
+
+Runs a random-weight UNet of the real SD1.5 width (860 M parameters) with hand-made conditioning through
+ComfyUI's real sampler, plain and with SynGen guidance (faithful mode), and prints:
+- per-step time ratio: a run with every step guided vs the same run plain;
+- whole-run ratio: half of the steps guided (the reference's 25 of 50), scaled down to --steps;
+- the effect of ending the guidance forward after the last recorded layer (stop_forward_early);
+- peak memory (RSS on CPU, torch.cuda.max_memory_allocated on CUDA).
+
+The last line is machine-readable:
+    faithful_step=<ratio> fast_step=<ratio> faithful_run=<ratio> fast_run=<ratio> mem_overhead_mb=<MB>
+``fast`` mode is not implemented yet; its fields print ``na``.
+
+    .venv/bin/python benchmarks/guidance_overhead.py                 # CPU, 32×32 latent (256 px), 8 steps
+    .venv/bin/python benchmarks/guidance_overhead.py --device cuda --latent 64 --dtype fp16 --steps 50
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import math
+import resource
+import sys
+import time
+import types
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+from comfy_env import bootstrap_comfy  # noqa: E402
+
+SD15_FULL_UNET = {
+    "context_dim": 768,
+    "model_channels": 320,
+    "use_linear_in_transformer": False,
+    "adm_in_channels": None,
+    "use_temporal_attention": False,
+    "in_channels": 4,
+    "out_channels": 4,
+    "num_res_blocks": [2, 2, 2, 2],
+    "channel_mult": [1, 2, 4, 4],
+    "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0],
+    "transformer_depth_output": [0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1],
+    "transformer_depth_middle": 1,
+    "use_spatial_transformer": True,
+    "legacy": False,
+    "image_size": 64,
+    "num_heads": 8,
+    "num_head_channels": -1,
+}
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
+    parser.add_argument("--latent", type=int, default=32, help="latent side (32 = 256 px)")
+    parser.add_argument("--steps", type=int, default=8, help="steps of the whole-run comparison (half guided)")
+    parser.add_argument("--repeats", type=int, default=1)
+    return parser.parse_args()
+
+
+def load_pack() -> types.ModuleType:
+    package = types.ModuleType("binding_guidance")
+    package.__path__ = [str(ROOT)]
+    sys.modules["binding_guidance"] = package
+    return package
+
+
+def build_model(device: str, dtype: torch.dtype) -> object:
+    import comfy.model_patcher
+    import comfy.supported_models
+    from tiny_models import init_weights
+
+    config = comfy.supported_models.SD15(dict(SD15_FULL_UNET))
+    config.set_inference_dtype(dtype, None)
+    with torch.inference_mode():  # as ComfyUI's loaders create them: inference tensors
+        model = config.get_model({}, "")
+        init_weights(model.diffusion_model, 0)
+        model = model.to(device)
+    return comfy.model_patcher.ModelPatcher(
+        model, load_device=torch.device(device), offload_device=torch.device(device)
+    )
+
+
+def peak_memory_mb(device: str) -> float:
+    if device == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def main() -> None:
+    args = parse_args()
+    import os
+
+    os.environ["BINDING_GUIDANCE_DEVICE"] = args.device
+    bootstrap_comfy()
+    load_pack()
+    import comfy.sample
+    import comfy.samplers
+
+    sampler_module = importlib.import_module("binding_guidance.guidance.sampler")
+    inputs = importlib.import_module("binding_guidance.guidance.inputs")
+    objectives = importlib.import_module("binding_guidance.binding_losses.objectives")
+    types_module = importlib.import_module("binding_guidance.binding_losses.types")
+
+    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
+    model = build_model(args.device, dtype)
+    generator = torch.Generator().manual_seed(0)
+    positive = [[torch.randn(1, 77, 768, generator=generator), {}]]
+    negative = [[torch.randn(1, 77, 768, generator=generator), {}]]
+    latent = torch.zeros(1, 4, args.latent, args.latent)
+    layout = types_module.TokenLayout(
+        bindings=(types_module.TokenBinding((3,), ((2,),)), types_module.TokenBinding((7,), ((6,),))),
+        prompt_positions=tuple(range(1, 8)),
+    )
+    bindings = inputs.PromptBindings(prompt="a pink sunflower and a yellow flamingo", layout=layout)
+
+    def run(steps: int, guided_fraction: float | None, stop_early: bool = True) -> float:
+        with torch.inference_mode():
+            sigmas = comfy.samplers.KSampler(
+                model, steps, model.load_device, "euler", "normal", 1.0, model_options=model.model_options
+            ).sigmas
+            inner = comfy.samplers.sampler_object("euler")
+            if guided_fraction is not None:
+                config = inputs.GuidanceConfig(
+                    objective=objectives.make_objective("syngen", guided_fraction=guided_fraction),
+                    stop_forward_early=stop_early,
+                )
+                inner = sampler_module.BindingGuidedSampler(inner, bindings, config)
+            noise = comfy.sample.prepare_noise(latent, 1)
+            if args.device == "cuda":
+                torch.cuda.synchronize()
+            started = time.perf_counter()
+            comfy.sample.sample_custom(
+                model, noise, 7.5, inner, sigmas, positive, negative, latent, disable_pbar=True, seed=1
+            )
+            if args.device == "cuda":
+                torch.cuda.synchronize()
+            return time.perf_counter() - started
+
+    def best(*run_args: object) -> float:
+        return min(run(*run_args) for _ in range(args.repeats))
+
+    per_step_steps = 4
+    run(2, None)  # warm-up (model load, kernels)
+    plain_peak = peak_memory_mb(args.device)
+    first_guided = run(2, 1.0)  # includes the one-time release of inference-mode weights
+    second_guided = run(2, 1.0)
+    guided_peak = peak_memory_mb(args.device)
+    plain_steps = best(per_step_steps, None)
+    guided_steps = best(per_step_steps, 1.0)
+    guided_full_forward = best(per_step_steps, 1.0, False)
+    plain_run = best(args.steps, None)
+    guided_run = best(args.steps, 0.5)
+
+    faithful_step = guided_steps / plain_steps
+    faithful_run = guided_run / plain_run
+    mem_overhead = guided_peak - plain_peak
+    params = sum(p.numel() for p in model.model.parameters()) / 1e6
+    memory_kind = "RSS" if args.device == "cpu" else "CUDA allocated"
+    lines = [
+        f"device={args.device} dtype={args.dtype} latent={args.latent}x{args.latent} params={params:.0f}M "
+        f"torch_threads={torch.get_num_threads()}",
+        f"one-time weight release on the first guided run: {first_guided - second_guided:.2f} s",
+        f"plain step {plain_steps / per_step_steps:.3f} s; guided step {guided_steps / per_step_steps:.3f} s; "
+        f"guided step with the full guidance forward {guided_full_forward / per_step_steps:.3f} s",
+        f"per-step ratio faithful {faithful_step:.3f} (full forward: {guided_full_forward / plain_steps:.3f})",
+        f"{args.steps}-step run, {math.ceil(args.steps / 2)} guided: plain {plain_run:.2f} s, "
+        f"faithful {guided_run:.2f} s, ratio {faithful_run:.3f}",
+        f"peak memory ({memory_kind}): plain {plain_peak:.0f} MB, after guided runs {guided_peak:.0f} MB",
+        f"faithful_step={faithful_step:.3f} fast_step=na faithful_run={faithful_run:.3f} fast_run=na "
+        f"mem_overhead_mb={mem_overhead:.0f}",
+    ]
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
