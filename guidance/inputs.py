@@ -42,6 +42,8 @@ class GuidanceConfig:
     """End the guidance forward after the last layer whose maps are needed (identical gradients, less work)."""
     subject_words: tuple[str, ...] = ()
     """Explicit A&E / D&B subject words; empty means "the nouns of the bindings"."""
+    stop_below: float | None = None
+    """Early exit: stop guiding once the loss at a guided step is below this value (None: never)."""
     measure_after_step: bool = False
     """Re-run the guidance forward after each update to record the loss it reached (tests and benchmarks)."""
     description: str = field(default="")

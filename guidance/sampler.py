@@ -147,12 +147,20 @@ class GuidanceRun:
         # The guidance forward uses the first positive entry only (the prompt that was parsed).
         self.positive = positive[:1]
         self._warned_non_finite = False
+        self.stopped_early = False
 
     def wants_step(self, step: int) -> bool:
         """Whether step ``step`` gets any guidance (a gradient step or refinement)."""
         return (
             self.objective.guides(step, self.num_steps) or self.objective.refinement(step, self.num_steps) is not None
         )
+
+    def _reached_target(self, loss: float) -> bool:
+        """Early exit: once the loss is below ``config.stop_below``, the remaining steps are not guided."""
+        threshold = self.config.stop_below
+        if threshold is not None and loss < threshold:
+            self.stopped_early = True
+        return self.stopped_early
 
     def _loss(self, x: torch.Tensor, sigma: torch.Tensor, model_options: dict, step: int) -> Any:
         self.recorder.reset()
@@ -206,7 +214,7 @@ class GuidanceRun:
 
     def guide(self, x: torch.Tensor, sigma: torch.Tensor, step: int, denoise_mask: Any, model_options: dict) -> None:
         """Apply this step's guidance to the sampler's latent ``x`` in place."""
-        if not self.wants_step(step):
+        if not self.wants_step(step) or self.stopped_early:
             return
         self._check_planned_sigma(sigma, step)
         refinement = self.objective.refinement(step, self.num_steps)
@@ -230,7 +238,12 @@ class GuidanceRun:
                     if not self._finite(new_loss, new_grad, step):
                         break
                     latent, result, grad, loss = candidate, new_result, new_grad, new_loss
-            if usable and self.objective.guides(step, self.num_steps) and loss != 0.0:
+            if (
+                usable
+                and self.objective.guides(step, self.num_steps)
+                and loss != 0.0
+                and not self._reached_target(loss)
+            ):
                 latent = latent - scale * grad
                 stepped = True
                 if self.config.measure_after_step:

@@ -55,6 +55,9 @@ def build_config(method: str, step_size: float, guided_fraction: float, advanced
     try:
         extra = parse_advanced(advanced)
         measure_after_step = bool(extra.pop("measure_after_step", False))
+        stop_below = extra.pop("stop_below", None)
+        if stop_below is not None and not isinstance(stop_below, (int, float)):
+            raise ValueError(f"stop_below must be a number, got {stop_below!r}")
         params.update(extra)
         objective = make_objective(method, **params)
     except (TypeError, ValueError) as error:
@@ -64,8 +67,11 @@ def build_config(method: str, step_size: float, guided_fraction: float, advanced
     description = " + ".join(f"{w:g}×{term.name}" for w, term in terms)
     subject_words = parse_words(words) or (previous.subject_words if previous is not None else ())
     measure_after_step = measure_after_step or (previous is not None and previous.measure_after_step)
+    if stop_below is None and previous is not None:
+        stop_below = previous.stop_below
     return GuidanceConfig(objective=ObjectiveChain(terms), subject_words=subject_words,
-                          measure_after_step=measure_after_step, description=description)
+                          measure_after_step=measure_after_step,
+                          stop_below=None if stop_below is None else float(stop_below), description=description)
 
 
 class BindingLossConfig:

