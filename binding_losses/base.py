@@ -105,6 +105,10 @@ class Objective:
         """Whether this layout gives the method anything to guide (else sampling runs unguided)."""
         return bool(layout.bindings or layout.subjects)
 
+    def requirement_error(self, layout: TokenLayout) -> str | None:
+        """Why this layout cannot be guided by this method as configured (None when it can)."""
+        return None
+
     def levels(self, main_factor: int) -> set[int]:
         """Attention levels needed, keyed by downsampling factor from the latent."""
         return {main_factor}

@@ -88,6 +88,19 @@ class _Validated:
 
     def __post_init__(self) -> None:
         self._coerce_fields()
+        self._check_ranges()
+
+    def _check_ranges(self) -> None:
+        """Reject values no schedule can use, naming the parameter and the fix."""
+        values = {item.name: getattr(self, item.name) for item in dataclasses.fields(self)}  # type: ignore[arg-type]
+        scale, fraction = values.get("scale_factor"), values.get("guided_fraction")
+        if scale is not None and scale < 0:
+            raise ValueError(f"step size (scale_factor) must be ≥ 0, got {scale}")
+        if fraction is not None and not 0.0 <= fraction <= 1.0:
+            raise ValueError(f"guided_fraction must be between 0 and 1, got {fraction}")
+        for cap in ("max_refinement_steps", "refinement_iterations"):
+            if cap in values and values[cap] < 1:
+                raise ValueError(f"{cap} must be ≥ 1, got {values[cap]}; use 'refine = false' to switch refinement off")
 
 
 @dataclass
@@ -147,6 +160,19 @@ class SynGenEntropyObjective(SynGenObjective):
 
     def __post_init__(self) -> None:
         self._coerce_fields()
+        self._check_ranges()
+
+    def _check_ranges(self) -> None:
+        """Reject values no schedule can use, naming the parameter and the fix."""
+        values = {item.name: getattr(self, item.name) for item in dataclasses.fields(self)}  # type: ignore[arg-type]
+        scale, fraction = values.get("scale_factor"), values.get("guided_fraction")
+        if scale is not None and scale < 0:
+            raise ValueError(f"step size (scale_factor) must be ≥ 0, got {scale}")
+        if fraction is not None and not 0.0 <= fraction <= 1.0:
+            raise ValueError(f"guided_fraction must be between 0 and 1, got {fraction}")
+        for cap in ("max_refinement_steps", "refinement_iterations"):
+            if cap in values and values[cap] < 1:
+                raise ValueError(f"{cap} must be ≥ 1, got {values[cap]}; use 'refine = false' to switch refinement off")
         _choice("entropy_neg_mode", self.entropy_neg_mode, ENTROPY_NEG_MODES)
 
     def _breakdown_kwargs(self) -> dict[str, Any]:
@@ -267,8 +293,29 @@ class DivideBindObjective(_DecayingSchedule):
     normalize_eot: bool = False
     main_factor: int | None = None
 
+    def requirement_error(self, layout: TokenLayout) -> str | None:
+        """tv_bind's binding term needs an attribute (a modifier) on at least one subject."""
+        if self.loss_mode == "tv_bind" and not any(word is not None for word in attribute_words(layout)):
+            return ("divide_and_bind with loss_mode 'tv_bind' needs a modifier on at least one noun, and the "
+                    "bindings have none. Add attributes to the prompt, or set 'loss_mode = tv' in advanced "
+                    "(attendance only).")
+        return None
+
     def __post_init__(self) -> None:
         self._coerce_fields()
+        self._check_ranges()
+
+    def _check_ranges(self) -> None:
+        """Reject values no schedule can use, naming the parameter and the fix."""
+        values = {item.name: getattr(self, item.name) for item in dataclasses.fields(self)}  # type: ignore[arg-type]
+        scale, fraction = values.get("scale_factor"), values.get("guided_fraction")
+        if scale is not None and scale < 0:
+            raise ValueError(f"step size (scale_factor) must be ≥ 0, got {scale}")
+        if fraction is not None and not 0.0 <= fraction <= 1.0:
+            raise ValueError(f"guided_fraction must be between 0 and 1, got {fraction}")
+        for cap in ("max_refinement_steps", "refinement_iterations"):
+            if cap in values and values[cap] < 1:
+                raise ValueError(f"{cap} must be ≥ 1, got {values[cap]}; use 'refine = false' to switch refinement off")
         _choice("loss_mode", self.loss_mode, DB_MODES)
         _choice("tv_variant", self.tv_variant, TV_VARIANTS)
         _choice("refinement_caps", self.refinement_caps, tuple(DB_REFINEMENT_CAPS))
@@ -379,6 +426,19 @@ class TSAMObjective(_DecayingSchedule):
 
     def __post_init__(self) -> None:
         self._coerce_fields()
+        self._check_ranges()
+
+    def _check_ranges(self) -> None:
+        """Reject values no schedule can use, naming the parameter and the fix."""
+        values = {item.name: getattr(self, item.name) for item in dataclasses.fields(self)}  # type: ignore[arg-type]
+        scale, fraction = values.get("scale_factor"), values.get("guided_fraction")
+        if scale is not None and scale < 0:
+            raise ValueError(f"step size (scale_factor) must be ≥ 0, got {scale}")
+        if fraction is not None and not 0.0 <= fraction <= 1.0:
+            raise ValueError(f"guided_fraction must be between 0 and 1, got {fraction}")
+        for cap in ("max_refinement_steps", "refinement_iterations"):
+            if cap in values and values[cap] < 1:
+                raise ValueError(f"{cap} must be ≥ 1, got {values[cap]}; use 'refine = false' to switch refinement off")
         _choice("loss_type", self.loss_type, TSAM_LOSS_TYPES)
         _choice("stop_rule", self.stop_rule, TSAM_STOP_RULES)
         if self.scale_factor is None:
@@ -453,6 +513,10 @@ class ObjectiveChain(Objective):
     def active(self, layout: TokenLayout) -> bool:
         """Active when any term is."""
         return any(objective.active(layout) for _, objective in self.terms)
+
+    def requirement_error(self, layout: TokenLayout) -> str | None:
+        """The first term's complaint, if any."""
+        return next((e for _, obj in self.terms if (e := obj.requirement_error(layout)) is not None), None)
 
     def levels(self, main_factor: int) -> set[int]:
         """Union of every term's levels."""

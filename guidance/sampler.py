@@ -129,6 +129,9 @@ class GuidanceRun:
         self.config = config
         self.objective = config.objective
         self.active = self.objective.active(self.layout)
+        problem = self.objective.requirement_error(self.layout) if self.active else None
+        if problem is not None:
+            raise BindingGuidanceError(f"config: {problem}")
         self.text_attention = bindings.text_self_attention
         self.num_steps = num_steps
         base_model = guider.inner_model

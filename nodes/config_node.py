@@ -109,6 +109,18 @@ class BindingLossConfig:
             },
         }
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, method: str, advanced: str) -> bool | str:  # noqa: N802  (ComfyUI API name)
+        """Reject unknown methods and bad ``advanced`` lines before the graph runs (ranges of the numeric
+        widgets are checked by ComfyUI itself)."""
+        if not isinstance(advanced, str):  # linked from another node: checked when the node runs
+            advanced = ""
+        try:
+            build_config(method, 20.0, 0.5, advanced)
+        except ValueError as error:
+            return str(error)
+        return True
+
     def configure(self, method: str, step_size: float, guided_fraction: float, advanced: str, weight: float,
                   words: str = "", previous: GuidanceConfig | None = None) -> tuple[GuidanceConfig]:
         return (build_config(method, step_size, guided_fraction, advanced, weight, previous, words),)

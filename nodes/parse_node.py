@@ -8,6 +8,7 @@ from typing import Any
 from ..attention_patch.text_attention import clip_text_self_attention
 from ..guidance.inputs import PromptBindings
 from ..parsers import MODES, OVERRIDE_SYNTAX, SPACY_MODEL_CHOICES, parse_bindings, parse_override, register_model_dir
+from ..parsers.errors import check_text
 from ..tokens import align_entities, describe_layout, strip_comfy_syntax, token_table_for_clip
 
 CATEGORY = "sampling/binding_guidance"
@@ -24,9 +25,12 @@ def _register_comfy_spacy_folder() -> None:
 
 def parse_prompt_bindings(clip: Any, prompt: str, mode: str = "robust", spacy_model: str = "en_core_web_sm",
                           override: str = "") -> tuple[PromptBindings, str]:
-    """Parse ``prompt`` and align its entities with ``clip``'s tokens. Returns the bindings and a preview text."""
-    if not isinstance(prompt, str):
-        raise ValueError("prompt: expected text.")
+    """Parse ``prompt`` and align its entities with ``clip``'s tokens. Returns the bindings and a preview text.
+
+    Raises ``parsers.PromptError`` (a ``ValueError``) for invalid input (see docs/parser.md), nothing else.
+    """
+    check_text(prompt, "prompt")
+    check_text(override, "override")
     clean = strip_comfy_syntax(prompt)
     if override.strip():
         parsed = parse_override(override, clean.text)

@@ -210,3 +210,18 @@ def test_early_exit_stops_guiding_below_the_threshold(harness: Any, setup: dict)
     config = inputs.GuidanceConfig(objective=objectives.make_objective("syngen"), stop_below=1e9)
     _, report = _sample(harness, dict(setup, config=config), "euler", setup["bindings"])
     assert [r.stepped for r in report.steps] == [False]  # the first loss is below: no update, no more guided steps
+
+
+def test_ending_the_guidance_forward_early_does_not_change_the_losses(harness: Any, setup: dict) -> None:
+    inputs = harness.module("guidance.inputs")
+    objectives = harness.module("binding_losses.objectives")
+    reports = []
+    for stop_early in (True, False):
+        config = inputs.GuidanceConfig(objective=objectives.make_objective("syngen"), stop_forward_early=stop_early,
+                                       measure_after_step=True)
+        reports.append(_sample(harness, dict(setup, config=config), "euler", setup["bindings"])[1])
+    early, full = reports
+    assert len(early.steps) == len(full.steps) == 2
+    for a, b in zip(early.steps, full.steps, strict=True):
+        assert a.loss_before == pytest.approx(b.loss_before, rel=1e-5)
+        assert a.loss_after_step == pytest.approx(b.loss_after_step, rel=1e-5)

@@ -103,3 +103,42 @@ def test_bad_advanced_parameter_is_named(harness: Any) -> None:
         config_node.build_config("divide_and_bind", 20.0, 0.5, "tv_varient = fixed")
     with pytest.raises(ValueError, match="line 1"):
         config_node.build_config("syngen", 20.0, 0.5, "nonsense")
+
+
+def _invalid_graph_error(harness: Any, tiny_checkpoint: str, **config_inputs: Any) -> str:
+    import json
+
+    from conftest import PACK_ROOT
+
+    graph = json.loads((PACK_ROOT / "workflows" / "api" / "syngen_sd15.json").read_text())
+    for node in graph.values():
+        if node["class_type"] == "CheckpointLoaderSimple":
+            node["inputs"]["ckpt_name"] = tiny_checkpoint
+        if node["class_type"] == "BindingLossConfig":
+            node["inputs"].update(config_inputs)
+    with pytest.raises(AssertionError, match="invalid prompt") as raised:
+        harness.run_prompt(graph)
+    return str(raised.value)
+
+
+def test_bad_configs_are_rejected_at_validation(harness: Any, tiny_checkpoint: str) -> None:
+    assert "smaller than min" in _invalid_graph_error(harness, tiny_checkpoint, step_size=-1.0)
+    message = _invalid_graph_error(harness, tiny_checkpoint, method="attend_and_excite",
+                                   advanced="max_refinement_steps = 0")
+    assert "max_refinement_steps must be ≥ 1" in message and "refine = false" in message
+
+
+def test_divide_and_bind_without_attributes_is_refused_before_sampling(harness: Any, sd15: tuple) -> None:
+    model, clip, _ = sd15
+    parse = harness.module("nodes.parse_node")
+    config_node = harness.module("nodes.config_node")
+    sampler_module = harness.module("guidance.sampler")
+    with torch.inference_mode():
+        bindings, _ = parse.parse_prompt_bindings(clip, "a cat and a frog")
+        positive = harness.node("CLIPTextEncode").encode(clip, "a cat and a frog")[0]
+    parts = {"model": model, "bindings": bindings, "positive": positive, "negative": positive}
+    with pytest.raises(sampler_module.BindingGuidanceError, match="loss_mode = tv"):
+        _run(harness, parts, config_node.build_config("divide_and_bind", 20.0, 0.5))
+    attendance_only = config_node.build_config("divide_and_bind", 20.0, 0.5, "loss_mode = tv\nrefine = false")
+    report = _run(harness, parts, attendance_only)
+    assert report.steps
