@@ -159,20 +159,7 @@ class SynGenEntropyObjective(SynGenObjective):
     entropy_neg_mode: str = "as_written"
 
     def __post_init__(self) -> None:
-        self._coerce_fields()
-        self._check_ranges()
-
-    def _check_ranges(self) -> None:
-        """Reject values no schedule can use, naming the parameter and the fix."""
-        values = {item.name: getattr(self, item.name) for item in dataclasses.fields(self)}  # type: ignore[arg-type]
-        scale, fraction = values.get("scale_factor"), values.get("guided_fraction")
-        if scale is not None and scale < 0:
-            raise ValueError(f"step size (scale_factor) must be ≥ 0, got {scale}")
-        if fraction is not None and not 0.0 <= fraction <= 1.0:
-            raise ValueError(f"guided_fraction must be between 0 and 1, got {fraction}")
-        for cap in ("max_refinement_steps", "refinement_iterations"):
-            if cap in values and values[cap] < 1:
-                raise ValueError(f"{cap} must be ≥ 1, got {values[cap]}; use 'refine = false' to switch refinement off")
+        super().__post_init__()
         _choice("entropy_neg_mode", self.entropy_neg_mode, ENTROPY_NEG_MODES)
 
     def _breakdown_kwargs(self) -> dict[str, Any]:
@@ -302,20 +289,7 @@ class DivideBindObjective(_DecayingSchedule):
         return None
 
     def __post_init__(self) -> None:
-        self._coerce_fields()
-        self._check_ranges()
-
-    def _check_ranges(self) -> None:
-        """Reject values no schedule can use, naming the parameter and the fix."""
-        values = {item.name: getattr(self, item.name) for item in dataclasses.fields(self)}  # type: ignore[arg-type]
-        scale, fraction = values.get("scale_factor"), values.get("guided_fraction")
-        if scale is not None and scale < 0:
-            raise ValueError(f"step size (scale_factor) must be ≥ 0, got {scale}")
-        if fraction is not None and not 0.0 <= fraction <= 1.0:
-            raise ValueError(f"guided_fraction must be between 0 and 1, got {fraction}")
-        for cap in ("max_refinement_steps", "refinement_iterations"):
-            if cap in values and values[cap] < 1:
-                raise ValueError(f"{cap} must be ≥ 1, got {values[cap]}; use 'refine = false' to switch refinement off")
+        super().__post_init__()
         _choice("loss_mode", self.loss_mode, DB_MODES)
         _choice("tv_variant", self.tv_variant, TV_VARIANTS)
         _choice("refinement_caps", self.refinement_caps, tuple(DB_REFINEMENT_CAPS))
@@ -425,20 +399,7 @@ class TSAMObjective(_DecayingSchedule):
     main_factor: int | None = None
 
     def __post_init__(self) -> None:
-        self._coerce_fields()
-        self._check_ranges()
-
-    def _check_ranges(self) -> None:
-        """Reject values no schedule can use, naming the parameter and the fix."""
-        values = {item.name: getattr(self, item.name) for item in dataclasses.fields(self)}  # type: ignore[arg-type]
-        scale, fraction = values.get("scale_factor"), values.get("guided_fraction")
-        if scale is not None and scale < 0:
-            raise ValueError(f"step size (scale_factor) must be ≥ 0, got {scale}")
-        if fraction is not None and not 0.0 <= fraction <= 1.0:
-            raise ValueError(f"guided_fraction must be between 0 and 1, got {fraction}")
-        for cap in ("max_refinement_steps", "refinement_iterations"):
-            if cap in values and values[cap] < 1:
-                raise ValueError(f"{cap} must be ≥ 1, got {values[cap]}; use 'refine = false' to switch refinement off")
+        super().__post_init__()
         _choice("loss_type", self.loss_type, TSAM_LOSS_TYPES)
         _choice("stop_rule", self.stop_rule, TSAM_STOP_RULES)
         if self.scale_factor is None:

@@ -36,7 +36,9 @@ def attention(batch: int = 2, dtype: torch.dtype = torch.float32) -> dict[int, A
 
 def test_registry_names_and_defaults() -> None:
     assert METHODS == {"syngen", "syngen_entropy", "divide_and_bind", "attend_and_excite", "tsam"}
-    assert default_params("syngen") == {"scale_factor": 20.0, "guided_fraction": 0.5, "main_factor": None}
+    assert default_params("syngen") == {
+        "scale_factor": 20.0, "guided_fraction": 0.5, "main_factor": None, "include_entities": False
+    }
     entropy = default_params("syngen_entropy")
     assert entropy["lambda_entropy"] == 0.05 and entropy["gamma_entropy"] == 0.05
     assert entropy["entropy_neg_mode"] == "as_written"
@@ -172,3 +174,23 @@ def test_parameters_are_coerced_and_validated() -> None:
         make_objective("attend_and_excite", thresholds="1, 2")
     with pytest.raises(ValueError, match="smooth"):
         make_objective("tsam", smooth=3)
+
+
+def test_syngen_ignores_entities_without_modifiers_unless_asked() -> None:
+    """Reference default (include_entities=False): a noun with no modifier forms no set and adds no loss."""
+    attn = attention()
+    with_entity = TokenLayout(bindings=(*LAYOUT.bindings, TokenBinding((1,))), prompt_positions=LAYOUT.prompt_positions)
+    plain = make_objective("syngen")
+    assert torch.allclose(plain.loss(attn, with_entity, 0, 50).total, plain.loss(attn, LAYOUT, 0, 50).total)
+    entities = make_objective("syngen", include_entities=True)
+    assert not torch.allclose(entities.loss(attn, with_entity, 0, 50).total, plain.loss(attn, LAYOUT, 0, 50).total)
+    assert not plain.active(TokenLayout(bindings=(TokenBinding((1,)),), prompt_positions=(1, 2)))
+
+
+def test_bad_ranges_name_the_parameter() -> None:
+    with pytest.raises(ValueError, match="scale_factor"):
+        make_objective("divide_and_bind", scale_factor=-1)
+    with pytest.raises(ValueError, match="max_refinement_steps must be ≥ 1"):
+        make_objective("attend_and_excite", max_refinement_steps=0)
+    with pytest.raises(ValueError, match="guided_fraction"):
+        make_objective("tsam", guided_fraction=1.5)
