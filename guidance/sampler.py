@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 import comfy.samplers
+import comfy.utils
 import torch
 
 from ..attention_patch import (
@@ -234,7 +235,10 @@ class GuidanceRun:
             loss_before, iterations, stepped, loss_after_step = loss, 0, False, None
             usable = self._finite(loss, grad, step)
             if usable and refinement is not None:
+                # Refinement can take many UNet passes at one step: show them on the node's progress bar.
+                progress = comfy.utils.ProgressBar(refinement.max_iterations)
                 while iterations < refinement.max_iterations and refinement.should_continue(result):
+                    progress.update(1)
                     candidate = latent - scale * grad
                     new_result, new_grad, new_loss = self._loss_and_grad(candidate, sigma_work, model_options, step)
                     iterations += 1

@@ -79,11 +79,20 @@ def test_chained_config_adds_terms_and_keeps_the_first_schedule(harness: Any, gr
     assert [r.step for r in report.steps] == [0, 1]  # SynGen's half, not D&B's quarter
 
 
-def test_attend_and_excite_refines_at_the_first_step(harness: Any, graph_parts: dict) -> None:
+def test_attend_and_excite_refinement_respects_its_cap_and_shows_progress(harness: Any, graph_parts: dict) -> None:
     config_node = harness.module("nodes.config_node")
+    import comfy.utils
+
     config = config_node.build_config("attend_and_excite", 20.0, 0.5, "max_refinement_steps = 3")
-    report = _run(harness, graph_parts, config)
-    assert report.steps[0].refinement_iterations == 3  # random maps never reach the 0.95 target
+    seen: list[tuple[int, int]] = []
+    previous_hook = comfy.utils.PROGRESS_BAR_HOOK
+    comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None: seen.append((value, total)))
+    try:
+        report = _run(harness, graph_parts, config)
+    finally:
+        comfy.utils.set_progress_bar_global_hook(previous_hook)
+    assert report.steps[0].refinement_iterations == 3  # random maps never reach the 0.95 target: the cap holds
+    assert [(1, 3), (2, 3), (3, 3)] == seen[:3]  # the progress bar moves during refinement
 
 
 def test_config_words_override_subjects_and_name_a_missing_word(harness: Any, graph_parts: dict) -> None:
