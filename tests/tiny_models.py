@@ -7,6 +7,10 @@ No weights can be downloaded, so tests use models that ComfyUI's real loaders ac
 - the real CLIP-L text encoder shape (fixed by ComfyUI) with random weights, and the real CLIP tokenizer;
 - a TAESD VAE.
 
+SD2.x (768-v) and SDXL builders keep each family's real block layout, context width and text encoders, and narrow
+only the UNet channels; see ``docs/model_families.md``. :func:`build_tiny_checkpoint` dispatches on
+:data:`TINY_ARCHS` (used by the tests' session fixtures and by ``scripts/demo.py --arch``).
+
 ComfyUI creates weights uninitialised, which gives NaN, so every tensor is initialised here.
 Call :func:`comfy_env.bootstrap_comfy` first.
 """
@@ -84,3 +88,132 @@ def _taesd_state_dict(seed: int) -> dict[str, torch.Tensor]:
     taesd = comfy.taesd.taesd.TAESD()
     init_weights(taesd, seed)
     return taesd.state_dict()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# SD2.x (768-v) and SDXL.
+
+SD2_TINY_UNET = {
+    "context_dim": 1024,
+    "model_channels": 320,
+    "use_linear_in_transformer": True,
+    "adm_in_channels": None,
+    "use_temporal_attention": False,
+    "in_channels": 4,
+    "out_channels": 4,
+    "num_res_blocks": [2, 2, 2, 2],
+    "channel_mult": [1, 1, 2, 2],
+    "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0],
+    "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
+    "transformer_depth_middle": 1,
+    "use_spatial_transformer": True,
+    "legacy": False,
+    "image_size": 32,
+    "num_heads": -1,
+    "num_head_channels": 64,
+}
+"""SD2.x's real block layout (4 levels, 2 res blocks, attention at factors 1, 2, 4) with narrow channels.
+
+``channel_mult=[1, 1, 2, 2]`` instead of ``[1, 2, 4, 4]``: 5 heads at factors 1 and 2, 10 at factor 4, so head
+counts still differ per level. The 12 output blocks are needed for ComfyUI's v-prediction test (below).
+"""
+
+SD2_VPRED_KEY = "output_blocks.11.1.transformer_blocks.0.norm1.bias"
+"""``supported_models.SD20.model_type`` picks V_PREDICTION when this LayerNorm bias has std > 0.09 (768-v weights)."""
+
+SDXL_TINY_UNET = {
+    "model_channels": 320,
+    "use_linear_in_transformer": True,
+    "transformer_depth": [0, 0, 2, 2, 10, 10],
+    "context_dim": 2048,
+    "adm_in_channels": 2816,
+    "use_temporal_attention": False,
+    "in_channels": 4,
+    "out_channels": 4,
+    "num_res_blocks": [2, 2, 2],
+    "channel_mult": [1, 1, 1],
+    "transformer_depth_output": [0, 0, 0, 2, 2, 2, 10, 10, 10],
+    "transformer_depth_middle": 10,
+    "use_spatial_transformer": True,
+    "legacy": False,
+    "num_classes": "sequential",
+    "image_size": 32,
+    "num_heads": -1,
+    "num_head_channels": 64,
+}
+"""SDXL's real block layout and transformer depths (detection matches ``transformer_depth`` exactly) with
+``channel_mult=[1, 1, 1]`` instead of ``[1, 2, 4]``: 5 heads × 64 everywhere, about 255 M parameters."""
+
+
+def _save_checkpoint(model: object, clip: object, vae: object, path: Path) -> Path:
+    import comfy.utils
+
+    state_dict = model.state_dict_for_saving(clip.get_sd(), vae.get_sd(), None)  # type: ignore[attr-defined]
+    state_dict = {k: v.to(torch.float16) if v.is_floating_point() else v for k, v in state_dict.items()}
+    state_dict = {k: v.contiguous() for k, v in state_dict.items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    comfy.utils.save_torch_file(state_dict, str(path))
+    return path
+
+
+def build_sd2_tiny_checkpoint(path: Path, seed: int = 0) -> Path:
+    """Write a tiny SD2.x 768-v checkpoint that CheckpointLoaderSimple detects as ``SD20`` with v-prediction.
+
+    The text encoder is the real OpenCLIP ViT-H text tower shape (ComfyUI's fixed ``sd2_clip_config.json``).
+    """
+    import comfy.model_base
+    import comfy.sd
+    import comfy.supported_models
+
+    model_config = comfy.supported_models.SD20(dict(SD2_TINY_UNET))
+    model_config.set_inference_dtype(torch.float16, None)  # built in the saved dtype: no conversion copy
+    model = comfy.model_base.BaseModel(model_config, model_type=comfy.model_base.ModelType.V_PREDICTION)
+    init_weights(model.diffusion_model, seed)
+    # Reproduce the statistic ComfyUI reads to tell a 768-v checkpoint from a 512 eps one.
+    vpred_bias = model.diffusion_model.get_parameter(SD2_VPRED_KEY)
+    with torch.no_grad():
+        vpred_bias.copy_(torch.randn(vpred_bias.shape, generator=torch.Generator().manual_seed(seed)) * 0.2)
+
+    clip = comfy.sd.CLIP(model_config.clip_target(), tokenizer_data={}, parameters=0,
+                         model_options={"dtype": torch.float16})
+    init_weights(clip.cond_stage_model, seed + 1)
+    vae = comfy.sd.VAE(sd=_taesd_state_dict(seed + 2))
+    return _save_checkpoint(model, clip, vae, path)
+
+
+def build_sdxl_tiny_checkpoint(path: Path, seed: int = 0) -> Path:
+    """Write a tiny SDXL checkpoint that CheckpointLoaderSimple detects as ``SDXL``.
+
+    Both text encoders keep their real shapes (CLIP-L and OpenCLIP bigG): ComfyUI's checkpoint loader reads
+    fixed configs and cannot load a narrowed text encoder.
+    """
+    import comfy.model_base
+    import comfy.sd
+    import comfy.supported_models
+
+    model_config = comfy.supported_models.SDXL(dict(SDXL_TINY_UNET))
+    model_config.set_inference_dtype(torch.float16, None)  # built in the saved dtype: no conversion copy
+    model = model_config.get_model({}, "")
+    init_weights(model.diffusion_model, seed)
+
+    clip = comfy.sd.CLIP(model_config.clip_target(), tokenizer_data={}, parameters=0,
+                         model_options={"dtype": torch.float16})
+    init_weights(clip.cond_stage_model, seed + 1)
+    vae = comfy.sd.VAE(sd=_taesd_state_dict(seed + 2))
+    return _save_checkpoint(model, clip, vae, path)
+
+
+_BUILDERS = {
+    "sd15": build_sd15_tiny_checkpoint,
+    "sd2": build_sd2_tiny_checkpoint,
+    "sdxl": build_sdxl_tiny_checkpoint,
+}
+TINY_ARCHS: tuple[str, ...] = tuple(_BUILDERS)
+"""The architectures :func:`build_tiny_checkpoint` can build."""
+
+
+def build_tiny_checkpoint(arch: str, path: Path, seed: int = 0) -> Path:
+    """Build the tiny checkpoint for ``arch`` (one of :data:`TINY_ARCHS`) at ``path``."""
+    if arch not in _BUILDERS:
+        raise ValueError(f"unknown arch {arch!r}; expected one of {', '.join(TINY_ARCHS)}")
+    return _BUILDERS[arch](path, seed=seed)
