@@ -58,6 +58,9 @@ def build_config(method: str, step_size: float, guided_fraction: float, advanced
         stop_below = extra.pop("stop_below", None)
         if stop_below is not None and not isinstance(stop_below, (int, float)):
             raise ValueError(f"stop_below must be a number, got {stop_below!r}")
+        main_factor = extra.pop("main_factor", None)
+        if main_factor is not None and (not isinstance(main_factor, int) or main_factor not in (1, 2, 4, 8)):
+            raise ValueError(f"main_factor must be 1, 2, 4 or 8 (the attention level, 4 = 1/32 of the image side), got {main_factor!r}")
         params.update(extra)
         objective = make_objective(method, **params)
     except (TypeError, ValueError) as error:
@@ -67,9 +70,13 @@ def build_config(method: str, step_size: float, guided_fraction: float, advanced
     description = " + ".join(f"{w:g}×{term.name}" for w, term in terms)
     subject_words = parse_words(words) or (previous.subject_words if previous is not None else ())
     measure_after_step = measure_after_step or (previous is not None and previous.measure_after_step)
+    # 'main_factor' picks the attention level the losses read (4 = 1/32 of the image side); the recorder
+    # must record that level, so it is also the guidance config's level.
+    if main_factor is None:
+        main_factor = previous.main_factor if previous is not None else 4
     if stop_below is None and previous is not None:
         stop_below = previous.stop_below
-    return GuidanceConfig(objective=ObjectiveChain(terms), subject_words=subject_words,
+    return GuidanceConfig(objective=ObjectiveChain(terms), subject_words=subject_words, main_factor=int(main_factor),
                           measure_after_step=measure_after_step,
                           stop_below=None if stop_below is None else float(stop_below), description=description)
 

@@ -9,6 +9,7 @@ import comfy.samplers
 import comfy.utils
 import latent_preview
 
+from ..attention_patch import require_unet
 from ..guidance.inputs import GuidanceConfig, PromptBindings
 from ..guidance.previews import attention_panels, last_maps, loss_curve, word_maps
 from ..guidance.sampler import BindingGuidanceError, BindingGuidedSampler
@@ -102,6 +103,7 @@ class BindingGuidedKSampler:
     def sample(self, model: Any, seed: int, steps: int, cfg: float, sampler_name: str, scheduler: str, positive: Any,
                negative: Any, latent_image: dict, denoise: float, bindings: PromptBindings,
                config: GuidanceConfig) -> dict:
+        require_unet(model)  # refuse DiT/MMDiT models by name before anything is loaded
         check_bindings_match(bindings, positive)
         sampler = BindingGuidedSampler(comfy.samplers.sampler_object(sampler_name), bindings, config)
         latent = comfy.sample.fix_empty_latent_channels(model, latent_image["samples"])

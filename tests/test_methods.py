@@ -151,3 +151,13 @@ def test_divide_and_bind_without_attributes_is_refused_before_sampling(harness: 
     attendance_only = config_node.build_config("divide_and_bind", 20.0, 0.5, "loss_mode = tv\nrefine = false")
     report = _run(harness, parts, attendance_only)
     assert report.steps
+
+
+def test_main_factor_in_advanced_moves_the_recorded_level(harness: Any, graph_parts: dict) -> None:
+    config_node = harness.module("nodes.config_node")
+    config = config_node.build_config("syngen", 20.0, 0.5, "main_factor = 2")
+    assert config.main_factor == 2
+    report = _run(harness, graph_parts, config)
+    assert report.main_factor == 2 and report.last_maps.shape[-2:] == (8, 8)  # 16×16 latent at factor 2
+    with pytest.raises(ValueError, match="main_factor must be 1, 2, 4 or 8"):
+        config_node.build_config("syngen", 20.0, 0.5, "main_factor = 3")
