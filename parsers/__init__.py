@@ -6,6 +6,7 @@ spaCy is optional and imported lazily; without it a built-in rule parser runs.
 from __future__ import annotations
 
 from .api import MODES, parse_bindings
+from .errors import PromptError
 from .override import OVERRIDE_SYNTAX, parse_override
 from .spacy_loader import SPACY_MODEL_CHOICES, available_spacy_models, register_model_dir
 from .types import Entity, ParsedPrompt, Word
@@ -16,6 +17,7 @@ __all__ = [
     "SPACY_MODEL_CHOICES",
     "Entity",
     "ParsedPrompt",
+    "PromptError",
     "Word",
     "available_spacy_models",
     "parse_bindings",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
+from .errors import PromptError, check_text
 from .fallback import parse_fallback
 from .reference_rules import parse_reference
 from .robust import parse_robust
@@ -24,11 +25,13 @@ def parse_bindings(prompt: str, mode: str = "robust", spacy_model: str = DEFAULT
     If that model is not installed, en_core_web_sm is used, else the fallback; ``warnings`` says so.
     ``include_entities`` (faithful mode only): the reference's E4, nouns without modifiers become entities.
     ``search_dirs``: extra folders holding model folders (besides those from ``register_model_dir``).
+    Raises :class:`PromptError` (a ``ValueError``) for a prompt that is not valid text, an unknown mode or a
+    ``spacy_model`` that is not a string; every other string parses.
     """
-    if not isinstance(prompt, str):
-        raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
+    check_text(prompt, "prompt")
     if mode not in MODES:
-        raise ValueError(f"invalid mode {mode!r}; valid modes: {', '.join(repr(m) for m in MODES)}")
+        raise PromptError(f"mode: invalid value {mode!r}; valid modes: {', '.join(repr(m) for m in MODES)}")
+    check_text(spacy_model, "spacy_model")
     warnings: list[str] = []
     if spacy_model in FALLBACK_NAMES:
         loaded = None

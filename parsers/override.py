@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 
+from .errors import PromptError, check_text
 from .types import Entity, ParsedPrompt, Word
 
 OVERRIDE_SYNTAX = ('syntax: "noun: modifier, modifier; noun2: modifier" - e.g. "sunflower: pink; flamingo: yellow", '
@@ -29,12 +30,15 @@ def _find(prompt: str, phrase: str, used: list[tuple[int, int]]) -> Word:
             used.append((m.start(), m.end()))
             return Word(m.group(), m.start(), m.end())
     if pattern.search(prompt):
-        raise ValueError(f"override word {phrase!r} is used more often than it occurs in the prompt; {OVERRIDE_SYNTAX}")
-    raise ValueError(f"override word {phrase!r} is not in the prompt {prompt!r}; {OVERRIDE_SYNTAX}")
+        raise PromptError(f"override word {phrase!r} is used more often than it occurs in the prompt; "
+                          f"{OVERRIDE_SYNTAX}")
+    raise PromptError(f"override word {phrase!r} is not in the prompt {prompt!r}; {OVERRIDE_SYNTAX}")
 
 
 def parse_override(override: str, prompt: str) -> ParsedPrompt:
-    """Bindings written by the user, resolved to character spans of ``prompt``. Raises ValueError when invalid."""
+    """Bindings written by the user, resolved to character spans of ``prompt``. Raises PromptError when invalid."""
+    check_text(override, "override")
+    check_text(prompt, "prompt")
     used: list[tuple[int, int]] = []
     entities: list[Entity] = []
     for raw in re.split(r"[;\n]", override):
@@ -42,11 +46,11 @@ def parse_override(override: str, prompt: str) -> ParsedPrompt:
         if not entry:
             continue
         if ":" not in entry:
-            raise ValueError(f"override entry {entry!r} has no ':'; {OVERRIDE_SYNTAX}")
+            raise PromptError(f"override entry {entry!r} has no ':'; {OVERRIDE_SYNTAX}")
         noun_text, _, mods_text = entry.partition(":")
         noun_text = noun_text.strip()
         if not noun_text:
-            raise ValueError(f"override entry {entry!r} has no noun before ':'; {OVERRIDE_SYNTAX}")
+            raise PromptError(f"override entry {entry!r} has no noun before ':'; {OVERRIDE_SYNTAX}")
         noun = _find(prompt, noun_text, used)
         mods: list[Word] = []
         neg: list[Word] = []
@@ -57,7 +61,7 @@ def parse_override(override: str, prompt: str) -> ParsedPrompt:
             negated = item.startswith("!")
             item = item.lstrip("!").strip()
             if not item:
-                raise ValueError(f"override entry {entry!r} has an empty negated modifier; {OVERRIDE_SYNTAX}")
+                raise PromptError(f"override entry {entry!r} has an empty negated modifier; {OVERRIDE_SYNTAX}")
             word = _find(prompt, item, used)
             mods.append(word)
             if negated:

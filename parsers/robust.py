@@ -83,6 +83,7 @@ class _Parse:
 
     def __init__(self, doc: Any) -> None:
         self.doc = doc
+        self.text: str = doc.text  # Doc.text rebuilds the string on every access (quadratic in _word)
         self.groups = hyphen_groups(doc)
         self.chunks: list[_Chunk] = []
         self.owner: dict[int, _Chunk] = {}  # token index -> the chunk it lies in
@@ -366,7 +367,7 @@ class _Parse:
     def _word(self, a: int, b: int) -> Word:
         start = self.doc[a].idx
         end = self.doc[b].idx + len(self.doc[b].text)
-        return Word(self.doc.text[start:end], start, end)
+        return Word(self.text[start:end], start, end)
 
     def entities(self) -> list[Entity]:
         self.find_chunks()

@@ -25,6 +25,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
+from ..parsers.errors import PromptError, check_text
 from .prompt_text import comfy_groups
 
 TokenKind = Literal["start", "end", "pad", "text", "embedding"]
@@ -331,10 +332,11 @@ def token_table(
     ``tokenizer`` (a ComfyUI CLIP, ``clip.tokenizer`` or a single ``SDTokenizer``) decodes ids and tells whether
     ``embedding:`` references are active; without it ComfyUI's bundled CLIP vocabulary is used. Pass the same
     ``disable_weights`` the output was produced with. Raises ``ValueError`` when the encoders of a multi-encoder
-    output (SDXL ``g``/``l``) disagree on positions.
+    output (SDXL ``g``/``l``) disagree on positions, ``parsers.PromptError`` when ``text`` is not valid text.
     """
     if not isinstance(tokenizer_output, Mapping):
         raise TypeError("tokenizer_output must be the dict returned by clip.tokenize(text, return_word_ids=True)")
+    check_text(text, "prompt")
     key, encoders = _pick_key(tokenizer_output)
     chunks = tokenizer_output[key]
     sd_tok = _find_sd_tokenizer(tokenizer, key)
@@ -415,6 +417,15 @@ def _name_embeddings(raw: list[dict[str, Any]], text: str, active: bool, disable
 
 
 def token_table_for_clip(clip: Any, text: str, **tokenize_kwargs: Any) -> TokenTable:
-    """Tokenize ``text`` with a ComfyUI ``CLIP`` object exactly as CLIPTextEncode does, and build its table."""
-    output = clip.tokenize(text, return_word_ids=True, **tokenize_kwargs)
+    """Tokenize ``text`` with a ComfyUI ``CLIP`` object exactly as CLIPTextEncode does, and build its table.
+
+    Raises ``parsers.PromptError`` for text ComfyUI cannot tokenize (invalid Unicode, parentheses nested too deep).
+    """
+    check_text(text, "prompt")  # before ComfyUI's tokenizer, which fails with a TypeError on invalid text
+    try:
+        output = clip.tokenize(text, return_word_ids=True, **tokenize_kwargs)
+    except RecursionError as exc:  # ComfyUI's token_weights recurses once per "(" level
+        raise PromptError("prompt: parentheses are nested too deeply for ComfyUI's tokenizer (it recurses once per "
+                          "level, up to Python's recursion limit); remove some '(' / ')' or escape them as "
+                          "\\( \\).") from exc
     return token_table(output, text, clip, disable_weights=bool(tokenize_kwargs.get("disable_weights", False)))

@@ -30,6 +30,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from ..parsers.errors import check_text
+
 EMBEDDING_PREFIX = "embedding:"
 
 Source = tuple["int | None", ...]
@@ -141,22 +143,31 @@ def _top_level_items(text: _Tracked) -> list[_Tracked]:
 
 
 def _weighted(text: _Tracked, weight: float) -> list[tuple[_Tracked, float]]:
+    """ComfyUI's recursive ``token_weights``, as a loop (any nesting depth, no RecursionError)."""
     out: list[tuple[_Tracked, float]] = []
-    for item in _top_level_items(text):
-        chars = item.chars
-        if len(chars) >= 2 and chars[0] == "(" and chars[-1] == ")":
-            inner = item[1:-1]
-            inner_weight = weight * 1.1
-            colon = inner.chars.rfind(":")
-            if colon > 0:
-                try:
-                    inner_weight = float(inner.chars[colon + 1 :])
-                    inner = inner[:colon]
-                except ValueError:
-                    pass
-            out.extend(_weighted(inner, inner_weight))
-        else:
-            out.append((item, weight))
+    stack: list[tuple[bool, _Tracked, float]] = [(True, text, weight)]  # (still to split?, text, weight)
+    while stack:
+        split, item, item_weight = stack.pop()
+        if not split:
+            out.append((item, item_weight))
+            continue
+        children: list[tuple[bool, _Tracked, float]] = []
+        for child in _top_level_items(item):
+            chars = child.chars
+            if len(chars) >= 2 and chars[0] == "(" and chars[-1] == ")":
+                inner = child[1:-1]
+                inner_weight = item_weight * 1.1
+                colon = inner.chars.rfind(":")
+                if colon > 0:
+                    try:
+                        inner_weight = float(inner.chars[colon + 1 :])
+                        inner = inner[:colon]
+                    except ValueError:
+                        pass
+                children.append((True, inner, inner_weight))
+            else:
+                children.append((False, child, item_weight))
+        stack.extend(reversed(children))  # depth-first, in text order
     return out
 
 
@@ -285,7 +296,9 @@ def strip_comfy_syntax(text: str, *, disable_weights: bool = False) -> CleanProm
 
     Whitespace runs become one space (or one newline if the run holds a newline) and the ends are trimmed.
     A space is inserted between separately tokenized groups that would otherwise touch.
+    Raises ``parsers.PromptError`` when ``text`` is not a valid Unicode string; any other string is accepted.
     """
+    check_text(text, "prompt")
     chars: list[str] = []
     src: list[int | None] = []
     weights: list[float] = []
