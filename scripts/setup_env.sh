@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 VENV=${VENV:-.venv}
-STAMP="$VENV/.setup-complete-v2"
+# The stamp names a hash of everything that decides what gets installed, so editing a requirement re-runs setup.
+STAMP="$VENV/.setup-$(cat constraints.txt requirements-dev.txt requirements.txt scripts/setup_env.sh | sha256sum | cut -c1-12)"
 
 # Debian's Chromium for the browser test (tests/test_browser.py), installed in CI or when run as root.
 # Anywhere else (no apt-get, no root) this only prints a note, and the browser test skips with the reason.
@@ -39,4 +40,5 @@ grep -v -E '^\s*(#|$)' "$COMFY/requirements.txt" | grep -v -E '^(torch|torchvisi
 $PIP install -q -r "$VENV/comfy-requirements.txt" -c constraints.txt
 $PIP install -q -r requirements-dev.txt -c constraints.txt
 "$VENV/bin/python" -c 'import torch, torchvision, spacy; assert torch.__version__.startswith("2.14.1"), torch.__version__'
+rm -f "$VENV"/.setup-*
 touch "$STAMP"
