@@ -89,29 +89,12 @@ def build_graph(nodes_module: object, ckpt_name: str, args: argparse.Namespace, 
 
 
 def run(prompt: dict) -> dict:
-    import execution
+    from comfy_env import execute_prompt
 
-    class _Server:
-        client_id = None
-        last_node_id = None
-        last_prompt_id = None
-
-        def send_sync(self, *args: object, **kwargs: object) -> None:
-            pass
-
-        def queue_updated(self) -> None:
-            pass
-
-    valid = asyncio.run(execution.validate_prompt("demo", prompt, None))
-    if not valid[0]:
-        sys.exit(f"the workflow did not validate: {valid[1]} {valid[3]}")
-    executor = execution.PromptExecutor(
-        _Server(), cache_type=execution.CacheType.CLASSIC, cache_args={"lru": 0, "ram": 0}
-    )
-    executor.execute(prompt, "demo", {}, valid[2])
-    if not executor.success:
-        sys.exit(f"the workflow failed: {executor.status_messages}")
-    return executor.history_result["outputs"]
+    try:
+        return execute_prompt(prompt, "demo")
+    except (ValueError, RuntimeError) as error:
+        sys.exit(f"the workflow did not run: {error}")
 
 
 def save_overlays(pack: object, report: dict, image_path: Path, out: Path) -> list[str]:

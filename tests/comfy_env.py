@@ -59,3 +59,39 @@ def bootstrap_comfy() -> Path:
 
     _BOOTSTRAPPED = root
     return root
+
+
+class _SilentServer:
+    """The minimum of ComfyUI's server that ``execution.PromptExecutor`` talks to, for headless runs."""
+
+    client_id = None
+    last_node_id = None
+    last_prompt_id = None
+
+    def send_sync(self, *args: object, **kwargs: object) -> None:
+        pass
+
+    def queue_updated(self) -> None:
+        pass
+
+
+def execute_prompt(prompt: dict, prompt_id: str = "headless") -> dict:
+    """Validate and run an API-format graph with ComfyUI's real executor; returns the history outputs.
+
+    Raises ``ValueError`` when any output fails validation (ComfyUI itself would run only the valid ones) and
+    ``RuntimeError`` when execution fails.
+    """
+    import asyncio
+
+    import execution
+
+    valid = asyncio.run(execution.validate_prompt(prompt_id, prompt, None))
+    if not valid[0] or valid[3]:
+        raise ValueError(f"invalid prompt: {valid[1]} {valid[3]}")
+    executor = execution.PromptExecutor(
+        _SilentServer(), cache_type=execution.CacheType.CLASSIC, cache_args={"lru": 0, "ram": 0}
+    )
+    executor.execute(prompt, prompt_id, {}, valid[2])
+    if not executor.success:
+        raise RuntimeError(f"execution failed: {executor.status_messages}")
+    return executor.history_result["outputs"]

@@ -65,30 +65,12 @@ class ComfyHarness:
 
     def run_prompt(self, prompt: dict) -> dict:
         """Validate and execute an API-format graph with ComfyUI's executor; returns the history outputs."""
-        import execution
+        from comfy_env import execute_prompt
 
-        class _Server:
-            client_id = None
-            last_node_id = None
-            last_prompt_id = None
-
-            def send_sync(self, *args: Any, **kwargs: Any) -> None:
-                pass
-
-            def queue_updated(self) -> None:
-                pass
-
-        prompt_id = str(uuid.uuid4())
-        valid = asyncio.run(execution.validate_prompt(prompt_id, prompt, None))
-        # ComfyUI runs the outputs that validate and drops the rest; a test wants every output checked.
-        if not valid[0] or valid[3]:
-            raise AssertionError(f"invalid prompt: {valid[1]} {valid[3]}")
-        executor = execution.PromptExecutor(_Server(), cache_type=execution.CacheType.CLASSIC,
-                                            cache_args={"lru": 0, "ram": 0})
-        executor.execute(prompt, prompt_id, {}, valid[2])
-        if not executor.success:
-            raise AssertionError(f"execution failed: {executor.status_messages}")
-        return executor.history_result["outputs"]
+        try:
+            return execute_prompt(prompt, str(uuid.uuid4()))
+        except (ValueError, RuntimeError) as error:
+            raise AssertionError(str(error)) from error
 
 
 @pytest.fixture(scope="session")
