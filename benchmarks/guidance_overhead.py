@@ -120,7 +120,7 @@ def main() -> None:
     )
     bindings = inputs.PromptBindings(prompt="a pink sunflower and a yellow flamingo", layout=layout)
 
-    def run(steps: int, guided_fraction: float | None, stop_early: bool = True) -> float:
+    def run(steps: int, guided_fraction: float | None, stop_early: bool = True, attention: str = "sdpa") -> float:
         with torch.inference_mode():
             sigmas = comfy.samplers.KSampler(
                 model, steps, model.load_device, "euler", "normal", 1.0, model_options=model.model_options
@@ -155,6 +155,7 @@ def main() -> None:
     plain_steps = best(per_step_steps, None)
     guided_steps = best(per_step_steps, 1.0)
     guided_full_forward = best(per_step_steps, 1.0, False)
+    guided_comfy_attention = best(per_step_steps, 1.0, True, "comfy")
     plain_run = best(args.steps, None)
     guided_run = best(args.steps, 0.5)
 
@@ -168,7 +169,8 @@ def main() -> None:
         f"torch_threads={torch.get_num_threads()}",
         f"one-time weight release on the first guided run: {first_guided - second_guided:.2f} s",
         f"plain step {plain_steps / per_step_steps:.3f} s; guided step {guided_steps / per_step_steps:.3f} s; "
-        f"guided step with the full guidance forward {guided_full_forward / per_step_steps:.3f} s",
+        f"guided step with the full guidance forward {guided_full_forward / per_step_steps:.3f} s; "
+        f"with ComfyUI's attention kernel in the guidance pass {guided_comfy_attention / per_step_steps:.3f} s",
         f"per-step ratio faithful {faithful_step:.3f} (full forward: {guided_full_forward / plain_steps:.3f})",
         f"{args.steps}-step run, {math.ceil(args.steps / 2)} guided: plain {plain_run:.2f} s, "
         f"faithful {guided_run:.2f} s, ratio {faithful_run:.3f}",

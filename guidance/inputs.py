@@ -42,6 +42,9 @@ class GuidanceConfig:
     """End the guidance forward after the last layer whose maps are needed (identical gradients, less work)."""
     subject_words: tuple[str, ...] = ()
     """Explicit A&E / D&B subject words; empty means "the nouns of the bindings"."""
+    guidance_attention: str = "sdpa"
+    """Attention kernel of the guidance pass outside the recorded layers: "sdpa" (PyTorch, has a backward on every
+    device) or "comfy" (whatever ComfyUI selected for inference)."""
     stop_below: float | None = None
     """Early exit: stop guiding once the loss at a guided step is below this value (None: never)."""
     measure_after_step: bool = False

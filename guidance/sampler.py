@@ -24,6 +24,7 @@ from ..attention_patch import (
     layers_at,
     require_unet,
 )
+from ..attention_patch.differentiable_attention import with_differentiable_attention
 from ..binding_losses.types import TokenLayout
 from ..tokens import find_words
 from .inference_tensors import release_inference_tensors
@@ -169,6 +170,8 @@ class GuidanceRun:
     def _loss(self, x: torch.Tensor, sigma: torch.Tensor, model_options: dict, step: int) -> Any:
         self.recorder.reset()
         options = self.recorder.model_options_with_patches(model_options)
+        if self.config.guidance_attention == "sdpa":
+            options = with_differentiable_attention(options)
         try:
             comfy.samplers.calc_cond_batch(self.guider.inner_model, [self.positive], x, sigma, options)
         except RecordingComplete:

@@ -19,7 +19,9 @@ def parse_advanced(text: str) -> dict[str, Any]:
         if not line:
             continue
         if "=" not in line:
-            raise ValueError(f"advanced, line {number}: '{raw.strip()}' is not 'key = value' (e.g. 'tv_variant = fixed').")
+            raise ValueError(
+                f"advanced, line {number}: '{raw.strip()}' is not 'key = value' (e.g. 'tv_variant = fixed')."
+            )
         key, value = (part.strip() for part in line.split("=", 1))
         params[key] = _typed(value)
     return params
@@ -44,8 +46,15 @@ def parse_words(text: str) -> tuple[str, ...]:
     return tuple(word.strip() for word in text.split(",") if word.strip())
 
 
-def build_config(method: str, step_size: float, guided_fraction: float, advanced: str = "", weight: float = 1.0,
-                 previous: GuidanceConfig | None = None, words: str = "") -> GuidanceConfig:
+def build_config(
+    method: str,
+    step_size: float,
+    guided_fraction: float,
+    advanced: str = "",
+    weight: float = 1.0,
+    previous: GuidanceConfig | None = None,
+    words: str = "",
+) -> GuidanceConfig:
     """Make the BINDING_CONFIG for one method, appended to ``previous`` as a weighted term when given."""
     if method not in METHODS:
         raise ValueError(f"method: unknown '{method}'. Choose one of {', '.join(METHOD_ORDER)}.")
@@ -58,9 +67,14 @@ def build_config(method: str, step_size: float, guided_fraction: float, advanced
         stop_below = extra.pop("stop_below", None)
         if stop_below is not None and not isinstance(stop_below, (int, float)):
             raise ValueError(f"stop_below must be a number, got {stop_below!r}")
+        guidance_attention = extra.pop("guidance_attention", None)
+        if guidance_attention not in (None, "sdpa", "comfy"):
+            raise ValueError(f"guidance_attention must be 'sdpa' or 'comfy', got {guidance_attention!r}")
         main_factor = extra.pop("main_factor", None)
         if main_factor is not None and (not isinstance(main_factor, int) or main_factor not in (1, 2, 4, 8)):
-            raise ValueError(f"main_factor must be 1, 2, 4 or 8 (the attention level, 4 = 1/32 of the image side), got {main_factor!r}")
+            raise ValueError(
+                f"main_factor must be 1, 2, 4 or 8 (the attention level, 4 = 1/32 of the image side), got {main_factor!r}"
+            )
         params.update(extra)
         objective = make_objective(method, **params)
     except (TypeError, ValueError) as error:
@@ -74,11 +88,19 @@ def build_config(method: str, step_size: float, guided_fraction: float, advanced
     # must record that level, so it is also the guidance config's level.
     if main_factor is None:
         main_factor = previous.main_factor if previous is not None else 4
+    if guidance_attention is None:
+        guidance_attention = previous.guidance_attention if previous is not None else "sdpa"
     if stop_below is None and previous is not None:
         stop_below = previous.stop_below
-    return GuidanceConfig(objective=ObjectiveChain(terms), subject_words=subject_words, main_factor=int(main_factor),
-                          measure_after_step=measure_after_step,
-                          stop_below=None if stop_below is None else float(stop_below), description=description)
+    return GuidanceConfig(
+        objective=ObjectiveChain(terms),
+        subject_words=subject_words,
+        main_factor=int(main_factor),
+        guidance_attention=guidance_attention,
+        measure_after_step=measure_after_step,
+        stop_below=None if stop_below is None else float(stop_below),
+        description=description,
+    )
 
 
 class BindingLossConfig:
@@ -99,20 +121,64 @@ class BindingLossConfig:
         methods = [m for m in METHOD_ORDER if m in METHODS] + sorted(set(METHODS) - set(METHOD_ORDER))
         return {
             "required": {
-                "method": (methods, {"default": "syngen", "tooltip": "syngen: SynGen (Rassin et al. 2023). syngen_entropy: SynGen with entropy terms. divide_and_bind: Divide & Bind. attend_and_excite: Attend-and-Excite. tsam: T-SAM."}),
-                "step_size": ("FLOAT", {"default": 20.0, "min": 0.0, "max": 1000.0, "step": 0.5,
-                                        "tooltip": "Latent step size of the gradient update (reference: 20 for SynGen, A&E and D&B; 5 for T-SAM). A&E, D&B and T-SAM decay it as s·sqrt(linspace(1, 0.5, steps))."}),
-                "guided_fraction": ("FLOAT", {"default": 0.5, "min": 0.0, "max": 1.0, "step": 0.05,
-                                              "tooltip": "Fraction of the sampling steps that get guidance, from the first step (reference: the first half; T-SAM's code uses 0.6)."}),
-                "advanced": ("STRING", {"default": "", "multiline": True,
-                                        "tooltip": "Optional method hyperparameters, one 'key = value' per line (see the node's help page). Empty keeps the reference defaults."}),
-                "weight": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 100.0, "step": 0.05,
-                                     "tooltip": "Weight of this loss when chained after another config."}),
-                "words": ("STRING", {"default": "",
-                                     "tooltip": "Optional comma-separated subject words for Attend-and-Excite and Divide & Bind (e.g. 'cat, frog'). Empty: the nouns found by Parse Bindings."}),
+                "method": (
+                    methods,
+                    {
+                        "default": "syngen",
+                        "tooltip": "syngen: SynGen (Rassin et al. 2023). syngen_entropy: SynGen with entropy terms. divide_and_bind: Divide & Bind. attend_and_excite: Attend-and-Excite. tsam: T-SAM.",
+                    },
+                ),
+                "step_size": (
+                    "FLOAT",
+                    {
+                        "default": 20.0,
+                        "min": 0.0,
+                        "max": 1000.0,
+                        "step": 0.5,
+                        "tooltip": "Latent step size of the gradient update (reference: 20 for SynGen, A&E and D&B; 5 for T-SAM). A&E, D&B and T-SAM decay it as s·sqrt(linspace(1, 0.5, steps)).",
+                    },
+                ),
+                "guided_fraction": (
+                    "FLOAT",
+                    {
+                        "default": 0.5,
+                        "min": 0.0,
+                        "max": 1.0,
+                        "step": 0.05,
+                        "tooltip": "Fraction of the sampling steps that get guidance, from the first step (reference: the first half; T-SAM's code uses 0.6).",
+                    },
+                ),
+                "advanced": (
+                    "STRING",
+                    {
+                        "default": "",
+                        "multiline": True,
+                        "tooltip": "Optional method hyperparameters, one 'key = value' per line (see the node's help page). Empty keeps the reference defaults.",
+                    },
+                ),
+                "weight": (
+                    "FLOAT",
+                    {
+                        "default": 1.0,
+                        "min": 0.0,
+                        "max": 100.0,
+                        "step": 0.05,
+                        "tooltip": "Weight of this loss when chained after another config.",
+                    },
+                ),
+                "words": (
+                    "STRING",
+                    {
+                        "default": "",
+                        "tooltip": "Optional comma-separated subject words for Attend-and-Excite and Divide & Bind (e.g. 'cat, frog'). Empty: the nouns found by Parse Bindings.",
+                    },
+                ),
             },
             "optional": {
-                "previous": ("BINDING_CONFIG", {"tooltip": "An earlier config; this method's loss is added to it with 'weight'."}),
+                "previous": (
+                    "BINDING_CONFIG",
+                    {"tooltip": "An earlier config; this method's loss is added to it with 'weight'."},
+                ),
             },
         }
 
@@ -128,6 +194,14 @@ class BindingLossConfig:
             return str(error)
         return True
 
-    def configure(self, method: str, step_size: float, guided_fraction: float, advanced: str, weight: float,
-                  words: str = "", previous: GuidanceConfig | None = None) -> tuple[GuidanceConfig]:
+    def configure(
+        self,
+        method: str,
+        step_size: float,
+        guided_fraction: float,
+        advanced: str,
+        weight: float,
+        words: str = "",
+        previous: GuidanceConfig | None = None,
+    ) -> tuple[GuidanceConfig]:
         return (build_config(method, step_size, guided_fraction, advanced, weight, previous, words),)

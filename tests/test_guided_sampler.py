@@ -225,3 +225,17 @@ def test_ending_the_guidance_forward_early_does_not_change_the_losses(harness: A
     for a, b in zip(early.steps, full.steps, strict=True):
         assert a.loss_before == pytest.approx(b.loss_before, rel=1e-5)
         assert a.loss_after_step == pytest.approx(b.loss_after_step, rel=1e-5)
+
+
+def test_guidance_attention_kernel_does_not_change_the_losses(harness: Any, setup: dict) -> None:
+    """SDPA in the guidance pass (the default) gives the losses ComfyUI's own kernel gives, within float error."""
+    inputs = harness.module("guidance.inputs")
+    objectives = harness.module("binding_losses.objectives")
+    reports = []
+    for kernel in ("sdpa", "comfy"):
+        config = inputs.GuidanceConfig(objective=objectives.make_objective("syngen"), guidance_attention=kernel,
+                                       measure_after_step=True)
+        reports.append(_sample(harness, dict(setup, config=config), "euler", setup["bindings"])[1])
+    for a, b in zip(reports[0].steps, reports[1].steps, strict=True):
+        assert a.loss_before == pytest.approx(b.loss_before, rel=1e-4)
+        assert a.loss_after_step == pytest.approx(b.loss_after_step, rel=1e-4)
