@@ -52,6 +52,9 @@ def preview_text(bindings: PromptBindings, table: Any) -> str:
         lines.append("No bindings found: guidance will do nothing for this prompt (sampling is unchanged).")
     else:
         lines.append(describe_layout(bindings.layout, table))
+        if not any(binding.modifiers for binding in bindings.layout.bindings):
+            lines.append("No noun has a modifier: SynGen leaves sampling unchanged; Attend-and-Excite and "
+                         "Divide & Bind ('loss_mode = tv') still use the nouns as subjects.")
     lines += [f"warning: {w}" for w in bindings.warnings]
     return "\n".join(lines)
 

@@ -146,6 +146,7 @@ def test_divide_and_bind_without_attributes_is_refused_before_sampling(harness: 
         bindings, _ = parse.parse_prompt_bindings(clip, "a cat and a frog")
         positive = harness.node("CLIPTextEncode").encode(clip, "a cat and a frog")[0]
     parts = {"model": model, "bindings": bindings, "positive": positive, "negative": positive}
+    assert "No noun has a modifier" in parse.parse_prompt_bindings(clip, "a cat and a frog")[1]
     with pytest.raises(sampler_module.BindingGuidanceError, match="loss_mode = tv"):
         _run(harness, parts, config_node.build_config("divide_and_bind", 20.0, 0.5))
     attendance_only = config_node.build_config("divide_and_bind", 20.0, 0.5, "loss_mode = tv\nrefine = false")
