@@ -39,8 +39,11 @@ def _load_package():
 
 def _configs(parsers, models: list[str] | None) -> list[tuple[str, str, str]]:
     """(label, mode, spacy_model) for every installed model in both modes, then the fallback."""
-    names = models if models is not None else [m for m in parsers.SPACY_MODEL_CHOICES[:-1]
-                                               if m in parsers.available_spacy_models()]
+    names = (
+        models
+        if models is not None
+        else [m for m in parsers.SPACY_MODEL_CHOICES[:-1] if m in parsers.available_spacy_models()]
+    )
     configs = []
     for name in names:
         for mode in ("faithful", "robust"):
@@ -89,8 +92,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.errors == label:
             print(f"\n-- wrong prompts for {label}")
             for rec, pred in zip(records, preds, strict=True):
-                if args.source and args.source not in (rec["source"], "hand-annotated" if is_hand_annotated(rec)
-                                                       else None):
+                if args.source and args.source not in (
+                    rec["source"],
+                    "hand-annotated" if is_hand_annotated(rec) else None,
+                ):
                     continue
                 s = score_prompt(pred, rec["bindings"])
                 if not s.exact:
@@ -117,8 +122,10 @@ def _print_speed(parsers, records: list[dict]) -> None:
         times.append(1000 * (time.perf_counter() - t0))
     q = statistics.quantiles(times, n=20)[-1] if len(times) > 1 else times[0]
     print(f"\n== speed: robust, {parsed.parser}, after model load, {cores} CPU core(s), {len(times)} prompts")
-    print(f"ms/prompt: mean {statistics.fmean(times):.1f}, median {statistics.median(times):.1f}, "
-          f"p95 {q:.1f}, max {max(times):.1f}  (target <= 20 ms)")
+    print(
+        f"ms/prompt: mean {statistics.fmean(times):.1f}, median {statistics.median(times):.1f}, "
+        f"p95 {q:.1f}, max {max(times):.1f}  (target <= 20 ms)"
+    )
 
 
 if __name__ == "__main__":
