@@ -1,0 +1,114 @@
+"""Estimate the GPU memory of one SDXL guidance pass at 1024 px, on CPU, from the activations autograd saves.
+
+Builds the real-width SDXL UNet (random weights, bf16), runs the guidance forward (recorder patches, early stop,
+SDPA) at two small latents, counts the bytes autograd saves for backward (weights excluded: they are resident
+anyway), and extrapolates linearly in the number of latent pixels. On CUDA, SDPA's memory-efficient kernels save
+O(N) per attention call, so linear scaling is the right model there; an attention kernel that stores the full N×N
+matrix would add quadratic terms this fit does not model. Measured on a GPU, it is an estimate no longer.
+
+    .venv/bin/python benchmarks/activation_memory.py
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+from comfy_env import bootstrap_comfy  # noqa: E402
+
+SDXL_UNET = {
+    "model_channels": 320,
+    "use_linear_in_transformer": True,
+    "transformer_depth": [0, 0, 2, 2, 10, 10],
+    "context_dim": 2048,
+    "adm_in_channels": 2816,
+    "num_classes": "sequential",
+    "use_temporal_attention": False,
+    "in_channels": 4,
+    "out_channels": 4,
+    "num_res_blocks": [2, 2, 2],
+    "channel_mult": [1, 2, 4],
+    "transformer_depth_output": [0, 0, 0, 2, 2, 2, 10, 10, 10],
+    "transformer_depth_middle": 10,
+    "use_spatial_transformer": True,
+    "legacy": False,
+    "num_head_channels": 64,
+    "num_heads": -1,
+    "image_size": 32,
+}
+
+
+def saved_bytes(model: object, recorder: object, options: dict, side: int) -> int:
+    """Bytes autograd keeps for backward during one guidance forward at a ``side``×``side`` latent."""
+    seen: dict[int, int] = {}
+    # Weights saved for backward are the resident parameters themselves: not extra memory.
+    resident = {p.untyped_storage().data_ptr() for p in model.parameters()}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in resident:
+            seen[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    x = torch.randn(1, 4, side, side, requires_grad=True)
+    context = torch.randn(1, 77, 2048, dtype=torch.bfloat16)
+    y = torch.randn(1, 2816, dtype=torch.bfloat16)
+    recorder.reset()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        try:
+            model.apply_model(
+                x, torch.tensor([1.0]), c_crossattn=context, y=y, transformer_options=options["transformer_options"]
+            )
+        except Exception as error:  # RecordingComplete ends the pass early, as in sampling
+            if type(error).__name__ != "RecordingComplete":
+                raise
+    return sum(seen.values())
+
+
+def main() -> None:
+    bootstrap_comfy()
+    package = types.ModuleType("binding_guidance")
+    package.__path__ = [str(ROOT)]
+    sys.modules["binding_guidance"] = package
+    import comfy.supported_models
+    from tiny_models import init_weights
+
+    capture = importlib.import_module("binding_guidance.attention_patch")
+    differentiable = importlib.import_module("binding_guidance.attention_patch.differentiable_attention")
+
+    config = comfy.supported_models.SDXL(dict(SDXL_UNET))
+    config.set_inference_dtype(torch.bfloat16, None)
+    model = config.get_model({}, "")
+    init_weights(model.diffusion_model, 0)
+    weights = sum(p.numel() for p in model.diffusion_model.parameters())
+    layers = capture.require_unet(model)
+    recorder = capture.AttentionRecorder(capture.layers_at(layers, {capture.choose_main_factor(layers)}))
+    options = differentiable.with_differentiable_attention(recorder.model_options_with_patches({}))
+
+    sides = (16, 32)
+    measured = {side: saved_bytes(model, recorder, options, side) for side in sides}
+    per_pixel = (measured[32] - measured[16]) / (32 * 32 - 16 * 16)
+    fixed = measured[16] - per_pixel * 16 * 16
+    at_1024 = fixed + per_pixel * 128 * 128
+    gib = 2**30
+    fp16_weights = weights * 2 / gib
+    print(f"SDXL UNet: {weights / 1e9:.2f} B parameters, {len(recorder.layers)} recorded layers at factor 4")
+    for side in sides:
+        print(f"latent {side}x{side}: {measured[side] / gib:.3f} GiB saved for backward (bf16)")
+    print(f"extrapolated to 128x128 (1024 px): {at_1024 / gib:.2f} GiB saved for backward, batch 1")
+    print(
+        f"estimate for guided SDXL at 1024 px: fp16 weights {fp16_weights:.2f} GiB + guidance activations "
+        f"{at_1024 / gib:.2f} GiB ≈ {fp16_weights + at_1024 / gib:.1f} GiB (plus the CFG pass's transient memory, "
+        "which plain sampling needs too)"
+    )
+
+
+if __name__ == "__main__":
+    main()
