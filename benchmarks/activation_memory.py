@@ -23,27 +23,6 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from comfy_env import bootstrap_comfy  # noqa: E402
 
-SDXL_UNET = {
-    "model_channels": 320,
-    "use_linear_in_transformer": True,
-    "transformer_depth": [0, 0, 2, 2, 10, 10],
-    "context_dim": 2048,
-    "adm_in_channels": 2816,
-    "num_classes": "sequential",
-    "use_temporal_attention": False,
-    "in_channels": 4,
-    "out_channels": 4,
-    "num_res_blocks": [2, 2, 2],
-    "channel_mult": [1, 2, 4],
-    "transformer_depth_output": [0, 0, 0, 2, 2, 2, 10, 10, 10],
-    "transformer_depth_middle": 10,
-    "use_spatial_transformer": True,
-    "legacy": False,
-    "num_head_channels": 64,
-    "num_heads": -1,
-    "image_size": 32,
-}
-
 
 def saved_bytes(model: object, recorder: object, options: dict, side: int) -> int:
     """Bytes autograd keeps for backward during one guidance forward at a ``side``×``side`` latent."""
@@ -78,12 +57,12 @@ def main() -> None:
     package.__path__ = [str(ROOT)]
     sys.modules["binding_guidance"] = package
     import comfy.supported_models
-    from tiny_models import init_weights
+    from tiny_models import SDXL_FULL_UNET, init_weights
 
     capture = importlib.import_module("binding_guidance.attention_patch")
     differentiable = importlib.import_module("binding_guidance.attention_patch.differentiable_attention")
 
-    config = comfy.supported_models.SDXL(dict(SDXL_UNET))
+    config = comfy.supported_models.SDXL(dict(SDXL_FULL_UNET))
     config.set_inference_dtype(torch.bfloat16, None)
     model = config.get_model({}, "")
     init_weights(model.diffusion_model, 0)

@@ -33,26 +33,6 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from comfy_env import bootstrap_comfy  # noqa: E402
 
-SD15_FULL_UNET = {
-    "context_dim": 768,
-    "model_channels": 320,
-    "use_linear_in_transformer": False,
-    "adm_in_channels": None,
-    "use_temporal_attention": False,
-    "in_channels": 4,
-    "out_channels": 4,
-    "num_res_blocks": [2, 2, 2, 2],
-    "channel_mult": [1, 2, 4, 4],
-    "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0],
-    "transformer_depth_output": [0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1],
-    "transformer_depth_middle": 1,
-    "use_spatial_transformer": True,
-    "legacy": False,
-    "image_size": 64,
-    "num_heads": 8,
-    "num_head_channels": -1,
-}
-
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -74,7 +54,7 @@ def load_pack() -> types.ModuleType:
 def build_model(device: str, dtype: torch.dtype) -> object:
     import comfy.model_patcher
     import comfy.supported_models
-    from tiny_models import init_weights
+    from tiny_models import SD15_FULL_UNET, init_weights
 
     config = comfy.supported_models.SD15(dict(SD15_FULL_UNET))
     config.set_inference_dtype(dtype, None)

@@ -17,6 +17,7 @@ Call :func:`comfy_env.bootstrap_comfy` first.
 
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 
@@ -93,6 +94,27 @@ def _taesd_state_dict(seed: int) -> dict[str, torch.Tensor]:
 # ---------------------------------------------------------------------------------------------------------------
 # SD2.x (768-v) and SDXL.
 
+SD15_FULL_UNET = {
+    "context_dim": 768,
+    "model_channels": 320,
+    "use_linear_in_transformer": False,
+    "adm_in_channels": None,
+    "use_temporal_attention": False,
+    "in_channels": 4,
+    "out_channels": 4,
+    "num_res_blocks": [2, 2, 2, 2],
+    "channel_mult": [1, 2, 4, 4],
+    "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0],
+    "transformer_depth_output": [0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1],
+    "transformer_depth_middle": 1,
+    "use_spatial_transformer": True,
+    "legacy": False,
+    "image_size": 64,
+    "num_heads": 8,
+    "num_head_channels": -1,
+}
+"""The real SD1.5 UNet (860 M parameters in the UNet), for the overhead benchmark."""
+
 SD2_TINY_UNET = {
     "context_dim": 1024,
     "model_channels": 320,
@@ -121,7 +143,7 @@ counts still differ per level. The 12 output blocks are needed for ComfyUI's v-p
 SD2_VPRED_KEY = "output_blocks.11.1.transformer_blocks.0.norm1.bias"
 """``supported_models.SD20.model_type`` picks V_PREDICTION when this LayerNorm bias has std > 0.09 (768-v weights)."""
 
-SDXL_TINY_UNET = {
+SDXL_FULL_UNET = {
     "model_channels": 320,
     "use_linear_in_transformer": True,
     "transformer_depth": [0, 0, 2, 2, 10, 10],
@@ -131,7 +153,7 @@ SDXL_TINY_UNET = {
     "in_channels": 4,
     "out_channels": 4,
     "num_res_blocks": [2, 2, 2],
-    "channel_mult": [1, 1, 1],
+    "channel_mult": [1, 2, 4],
     "transformer_depth_output": [0, 0, 0, 2, 2, 2, 10, 10, 10],
     "transformer_depth_middle": 10,
     "use_spatial_transformer": True,
@@ -141,6 +163,9 @@ SDXL_TINY_UNET = {
     "num_heads": -1,
     "num_head_channels": 64,
 }
+"""The real SDXL UNet (2.57 B parameters), as ComfyUI detects it; used by the memory benchmark."""
+
+SDXL_TINY_UNET = {**copy.deepcopy(SDXL_FULL_UNET), "channel_mult": [1, 1, 1]}
 """SDXL's real block layout and transformer depths (detection matches ``transformer_depth`` exactly) with
 ``channel_mult=[1, 1, 1]`` instead of ``[1, 2, 4]``: 5 heads × 64 everywhere, about 255 M parameters."""
 
