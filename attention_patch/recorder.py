@@ -49,15 +49,21 @@ def _conditional_rows(extra_options: dict, batch: int) -> list[int]:
 class AttentionRecorder:
     """Accumulates head-averaged cross-attention maps per level (downsampling factor).
 
-    Maps are ``[B, K, H, W]`` in fp32, conditional rows only. With ``stop_early`` the forward is ended by
-    :class:`RecordingComplete` once every recorded layer has run.
+    Maps are ``[B, K, H, W]`` in fp32, conditional rows only. Once every recorded layer has run, ``on_complete``
+    (if given) is called, and with ``stop_early`` the forward is then ended by :class:`RecordingComplete`.
     """
 
-    def __init__(self, layers: Sequence[CrossAttentionLayer], stop_early: bool = True) -> None:
+    def __init__(
+        self,
+        layers: Sequence[CrossAttentionLayer],
+        stop_early: bool = True,
+        on_complete: Callable[[], None] | None = None,
+    ) -> None:
         if not layers:
             raise ValueError("AttentionRecorder needs at least one layer to record.")
         self.layers = list(layers)
         self.stop_early = stop_early
+        self.on_complete = on_complete
         self._sums: dict[int, torch.Tensor] = {}
         self._counts: dict[int, int] = {}
         self._layers_seen = 0
@@ -113,8 +119,11 @@ class AttentionRecorder:
             probs = torch.softmax((qh @ kh.transpose(-1, -2)) * head_dim**-0.5, dim=-1)
             self._record(layer, probs, extra_options)
             self._layers_seen += 1
-            if self.stop_early and self._layers_seen >= len(self.layers):
-                raise RecordingComplete
+            if self._layers_seen == len(self.layers):
+                if self.on_complete is not None:
+                    self.on_complete()
+                if self.stop_early:
+                    raise RecordingComplete
             if previous is not None:
                 return previous(q, k, v, extra_options)
             vh = v.reshape(v.shape[0], v.shape[1], heads, head_dim).transpose(1, 2)

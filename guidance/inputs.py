@@ -47,6 +47,9 @@ class GuidanceConfig:
     device) or "comfy" (whatever ComfyUI selected for inference)."""
     stop_below: float | None = None
     """Early exit: stop guiding once the loss at a guided step is below this value (None: never)."""
+    mode: str = "faithful"
+    """"faithful": a separate guidance forward before each guided step, as the references. "fast": the gradient
+    comes from the conditional rows of the step's own model call and moves the latent one step later."""
     measure_after_step: bool = False
     """Re-run the guidance forward after each update to record the loss it reached (tests and benchmarks)."""
     description: str = field(default="")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from collections.abc import Callable
 from typing import Any
 
 import comfy.samplers
@@ -27,6 +26,7 @@ from ..attention_patch import (
 from ..attention_patch.differentiable_attention import with_differentiable_attention
 from ..binding_losses.types import TokenLayout
 from ..tokens import find_words
+from .fast_mode import ConditionalGradientCapture
 from .inference_tensors import release_inference_tensors
 from .inputs import GuidanceConfig, PromptBindings
 from .report import GuidanceReport, StepRecord
@@ -74,14 +74,9 @@ def check_sampler_supported(sampler: Any) -> None:
 class _GuidedDenoiser:
     """Stands between the k-diffusion sampler and ComfyUI's denoiser, applying guidance at planned calls."""
 
-    def __init__(
-        self,
-        denoiser: Any,
-        on_first_evaluation: Callable[[torch.Tensor, torch.Tensor, int, Any, dict], None],
-        plan: dict[int, int],
-    ) -> None:
+    def __init__(self, denoiser: Any, run: GuidanceRun, plan: dict[int, int]) -> None:
         self._denoiser = denoiser
-        self._on_first_evaluation = on_first_evaluation
+        self._run = run
         self._plan = plan
         self._calls = 0
 
@@ -99,9 +94,12 @@ class _GuidedDenoiser:
         model_options = model_options if model_options is not None else {}
         step = self._plan.get(self._calls)
         self._calls += 1
-        if step is not None:
-            self._on_first_evaluation(x, sigma, step, denoise_mask, model_options)
-        return self._denoiser(x, sigma, denoise_mask, model_options=model_options, seed=seed)
+        if step is None:
+            return self._denoiser(x, sigma, denoise_mask, model_options=model_options, seed=seed)
+        call_options = self._run.before_call(x, sigma, step, denoise_mask, model_options)
+        denoised = self._denoiser(x, sigma, denoise_mask, model_options=call_options, seed=seed)
+        self._run.after_call(step)
+        return denoised
 
 
 def resolve_layout(bindings: PromptBindings, config: GuidanceConfig) -> TokenLayout:
@@ -117,6 +115,16 @@ def resolve_layout(bindings: PromptBindings, config: GuidanceConfig) -> TokenLay
     except ValueError as error:
         raise BindingGuidanceError(f"config words: {error} Use words that appear in the prompt.") from error
     return dataclasses.replace(bindings.layout, subjects=subjects)
+
+
+@dataclasses.dataclass
+class _PendingCapture:
+    """A fast-mode gradient capture installed for one model call."""
+
+    capture: ConditionalGradientCapture
+    step: int
+    sigma: torch.Tensor
+    denoise_mask: Any
 
 
 class GuidanceRun:
@@ -153,12 +161,95 @@ class GuidanceRun:
         self.positive = positive[:1]
         self._warned_non_finite = False
         self.stopped_early = False
+        self._capture: _PendingCapture | None = None
+        self._pending_update: tuple[int, torch.Tensor] | None = None
 
     def wants_step(self, step: int) -> bool:
         """Whether step ``step`` gets any guidance (a gradient step or refinement)."""
         return (
             self.objective.guides(step, self.num_steps) or self.objective.refinement(step, self.num_steps) is not None
         )
+
+    def intercepts(self, step: int) -> bool:
+        """Whether the first model call of ``step`` passes through this run (guidance, or fast mode's late update)."""
+        if self.wants_step(step):
+            return True
+        return self.config.mode == "fast" and step > 0 and self.objective.guides(step - 1, self.num_steps)
+
+    def before_call(
+        self, x: torch.Tensor, sigma: torch.Tensor, step: int, denoise_mask: Any, model_options: dict
+    ) -> dict:
+        """Guidance at the first model call of ``step``; returns the ``model_options`` that call must use."""
+        if self.config.mode != "fast":
+            self.guide(x, sigma, step, denoise_mask, model_options)
+            return model_options
+        self._apply_pending_update(x, step)
+        if self.stopped_early or not self.wants_step(step):
+            return model_options
+        if self.objective.refinement(step, self.num_steps) is not None:
+            # Refinement iterates guidance passes at one step by design; fast mode runs those steps as faithful.
+            self.guide(x, sigma, step, denoise_mask, model_options)
+            return model_options
+        self._check_planned_sigma(sigma, step)
+        num_steps, layout, text_attention = self.num_steps, self.layout, self.text_attention
+
+        def loss_of_levels(levels: dict) -> Any:
+            if self.main_factor not in levels:
+                raise BindingGuidanceError("No cross-attention maps were recorded at the main level during guidance.")
+            return self.objective.loss(levels, layout, step, num_steps, text_self_attention=text_attention)
+
+        capture = ConditionalGradientCapture(
+            self.layers,
+            loss_of_levels,
+            self.main_factor,
+            previous=model_options.get("model_function_wrapper"),
+            differentiable_attention=self.config.guidance_attention == "sdpa",
+        )
+        self._capture = _PendingCapture(capture, step, sigma.detach().clone(), denoise_mask)
+        return capture.model_options(model_options)
+
+    def after_call(self, step: int) -> None:
+        """Fast mode: turn the gradient captured during this step's model call into next step's update."""
+        pending, self._capture = self._capture, None
+        if pending is None:
+            return
+        captured = pending.capture.captured
+        if captured is None:
+            raise BindingGuidanceError(
+                "Fast binding guidance: the step's model call had no conditional batch to read attention from."
+            )
+        step_size = float(self.objective.step_size(step, self.num_steps))
+        stepped = False
+        if (
+            self._finite(captured.loss, captured.grad, step)
+            and captured.loss != 0.0
+            and not self._reached_target(captured.loss)
+            and step + 1 < self.num_steps
+        ):
+            with torch.inference_mode(False):
+                grad = captured.grad
+                scale = step_size * self._latent_scale(pending.sigma.to(grad.device), grad)
+                if pending.denoise_mask is not None:
+                    scale = scale * pending.denoise_mask.detach().clone().float()
+                self._pending_update = (step, -(scale * grad))
+            stepped = True
+        record = StepRecord(
+            step=step,
+            sigma=float(pending.sigma.flatten()[0]),
+            loss_before=captured.loss,
+            loss_after_refinement=captured.loss,
+            refinement_iterations=0,
+            stepped=stepped,
+            step_size=step_size,
+        )
+        self.report.add(record, captured.maps)
+
+    def _apply_pending_update(self, x: torch.Tensor, step: int) -> None:
+        pending, self._pending_update = self._pending_update, None
+        if pending is None or pending[0] != step - 1:
+            return
+        with torch.inference_mode():
+            x.add_(pending[1].to(device=x.device, dtype=x.dtype))
 
     def _reached_target(self, loss: float) -> bool:
         """Early exit: once the loss is below ``config.stop_below``, the remaining steps are not guided."""
@@ -277,6 +368,9 @@ class GuidanceRun:
 class BindingGuidedSampler(comfy.samplers.Sampler):
     """Wraps a built-in k-diffusion SAMPLER and applies binding guidance during sampling."""
 
+    run_class: type[GuidanceRun] = GuidanceRun
+    """The per-run guidance state (benchmarks substitute a subclass that also probes losses)."""
+
     def __init__(self, inner: Any, bindings: PromptBindings, config: GuidanceConfig) -> None:
         check_sampler_supported(inner)
         self.inner = inner
@@ -300,7 +394,7 @@ class BindingGuidedSampler(comfy.samplers.Sampler):
     ) -> torch.Tensor:
         inner = self.inner
         num_steps = len(sigmas) - 1
-        run = GuidanceRun(model_wrap, self.bindings, self.config, sigmas)
+        run = self.run_class(model_wrap, self.bindings, self.config, sigmas)
         self.last_report = run.report
         if not run.active:
             log.info("Binding guidance: the prompt has no bindings; sampling without guidance.")
@@ -328,7 +422,7 @@ class BindingGuidedSampler(comfy.samplers.Sampler):
         plan: dict[int, int] = {}
         if run.active:
             plan = self._plan(run, denoiser, x, sigmas, extra_args)
-        guided = _GuidedDenoiser(denoiser, run.guide, plan)
+        guided = _GuidedDenoiser(denoiser, run, plan)
 
         k_callback = None
         if callback is not None:
@@ -346,7 +440,7 @@ class BindingGuidedSampler(comfy.samplers.Sampler):
         )
         plan: dict[int, int] = {}
         for step in range(run.num_steps):
-            if not run.wants_step(step):
+            if not run.intercepts(step):
                 continue
             call = first_calls[step]
             if call is None:

@@ -1,0 +1,180 @@
+"""Fast mode: take the binding gradient from the step's own model call instead of a separate guidance forward.
+
+Faithful mode (the references) runs an extra conditional UNet forward with grad at every guided step, moves the
+latent, and only then runs the step's normal CFG forward. Fast mode drops that extra forward: during the step's
+normal model call, the conditional rows run with grad enabled and the attention maps recorded; when the last
+recorded layer has run, the loss and its gradient with respect to the model input are computed on the spot and the
+rest of the forward continues without grad. The unconditional rows run exactly as before. The resulting update
+is applied to the latent one step later (see ``docs/guidance_modes.md``).
+
+:class:`ConditionalGradientCapture` is a ComfyUI ``model_function_wrapper`` that does this for one model call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..attention_patch import AttentionRecorder
+from ..attention_patch.differentiable_attention import with_differentiable_attention
+from ..attention_patch.layers import CrossAttentionLayer
+from ..binding_losses.types import AttentionLevel
+
+ModelFunctionWrapper = Callable[[Callable, dict], torch.Tensor]
+
+
+@dataclass
+class CapturedGradient:
+    """The loss of one model call's conditional rows and its gradient with respect to their model input."""
+
+    result: Any
+    """The objective's LossResult."""
+    loss: float
+    grad: torch.Tensor
+    """``[B, C, H, W]`` fp32, one row per latent in the batch."""
+    maps: torch.Tensor | None
+    """Head-averaged maps at the main level (for the report's attention preview)."""
+
+
+def _take_rows(value: Any, rows: torch.Tensor | slice, batch: int) -> Any:
+    """``value`` restricted to batch rows ``rows``: every tensor whose first dimension is the batch is indexed."""
+    if isinstance(value, torch.Tensor):
+        return value[rows] if value.ndim > 0 and value.shape[0] == batch else value
+    if isinstance(value, dict):
+        return {key: _take_rows(item, rows, batch) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_take_rows(item, rows, batch) for item in value]
+    if isinstance(value, tuple):
+        return tuple(_take_rows(item, rows, batch) for item in value)
+    return value
+
+
+def _own_tensors(value: Any) -> Any:
+    """Ordinary (non-inference) copies of the tensors in ``value``, so autograd may save them for backward."""
+    if isinstance(value, torch.Tensor):
+        return value.clone() if value.is_inference() else value
+    if isinstance(value, dict):
+        return {key: _own_tensors(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_own_tensors(item) for item in value]
+    if isinstance(value, tuple):
+        return tuple(_own_tensors(item) for item in value)
+    return value
+
+
+def _sub_call(args: dict, rows: torch.Tensor | slice, chunks: list[int], uuids: list | None) -> dict:
+    """The wrapper arguments of a model call restricted to some of its batch rows (whole cond/uncond chunks)."""
+    batch = args["input"].shape[0]
+    c = dict(args["c"])
+    transformer_options = dict(c.get("transformer_options", {}))
+    c = {key: _take_rows(value, rows, batch) for key, value in c.items() if key != "transformer_options"}
+    # transformer_options holds patch objects and per-latent (not per-row) sigmas: only its chunk lists change.
+    transformer_options["cond_or_uncond"] = list(chunks)
+    if uuids is not None:
+        transformer_options["uuids"] = list(uuids)
+    c["transformer_options"] = transformer_options
+    return {
+        "input": args["input"][rows],
+        "timestep": _take_rows(args["timestep"], rows, batch),
+        "c": c,
+        "cond_or_uncond": list(chunks),
+    }
+
+
+class ConditionalGradientCapture:
+    """A ``model_function_wrapper`` that computes the binding gradient from the first conditional chunk of a call.
+
+    ``loss_of_levels`` maps the recorded maps (factor → AttentionLevel) to the objective's LossResult. The capture
+    fires once; later calls (and calls without a conditional chunk) pass through unchanged. An existing wrapper
+    (``previous``) still runs every sub-call.
+    """
+
+    def __init__(
+        self,
+        layers: list[CrossAttentionLayer],
+        loss_of_levels: Callable[[dict[int, AttentionLevel]], Any],
+        main_factor: int,
+        previous: ModelFunctionWrapper | None = None,
+        differentiable_attention: bool = True,
+    ) -> None:
+        self.recorder = AttentionRecorder(layers, stop_early=False, on_complete=self._on_layers_recorded)
+        self.loss_of_levels = loss_of_levels
+        self.main_factor = main_factor
+        self.previous = previous
+        self.differentiable_attention = differentiable_attention
+        self.captured: CapturedGradient | None = None
+        self._leaf: torch.Tensor | None = None
+
+    def model_options(self, model_options: dict) -> dict:
+        """A copy of ``model_options`` with this capture installed as the model function wrapper."""
+        options = dict(model_options)
+        options["model_function_wrapper"] = self
+        return options
+
+    def _run(self, apply_model: Callable, args: dict) -> torch.Tensor:
+        if self.previous is not None:
+            return self.previous(apply_model, args)
+        return apply_model(args["input"], args["timestep"], **args["c"])
+
+    def __call__(self, apply_model: Callable, args: dict) -> torch.Tensor:
+        chunks = list(args["cond_or_uncond"])
+        if self.captured is not None or 0 not in chunks:
+            return self._run(apply_model, args)
+        batch = args["input"].shape[0]
+        size = batch // len(chunks)
+        first = chunks.index(0)
+        uuids = args["c"].get("transformer_options", {}).get("uuids")
+        before, after = slice(0, first * size), slice((first + 1) * size, batch)
+        cond_rows = slice(first * size, (first + 1) * size)
+
+        cond_output = self._run_conditional(apply_model, _sub_call(args, cond_rows, [0], uuids and [uuids[first]]))
+        parts = []
+        if first > 0:
+            parts.append(self._run(apply_model, _sub_call(args, before, chunks[:first], uuids and uuids[:first])))
+        parts.append(cond_output)
+        if first + 1 < len(chunks):
+            rest = chunks[first + 1 :]
+            parts.append(self._run(apply_model, _sub_call(args, after, rest, uuids and uuids[first + 1 :])))
+        return torch.cat(parts) if len(parts) > 1 else parts[0]
+
+    def _run_conditional(self, apply_model: Callable, args: dict) -> torch.Tensor:
+        self.recorder.reset()
+        with torch.inference_mode(False), torch.enable_grad():
+            leaf = args["input"].detach().clone().float().requires_grad_(True)
+            self._leaf = leaf
+            c = _own_tensors(args["c"])
+            options = self.recorder.model_options_with_patches({"transformer_options": c["transformer_options"]})
+            if self.differentiable_attention:
+                options = with_differentiable_attention(options)
+            c["transformer_options"] = options["transformer_options"]
+            model_input = leaf.to(args["input"].dtype)
+            timestep = args["timestep"].clone()
+            output = self._run(apply_model, {**args, "input": model_input, "timestep": timestep, "c": c})
+            self._leaf = None
+            if self.captured is None:
+                raise RuntimeError("Fast binding guidance: the recorded attention layers did not run.")
+            return output.detach()
+
+    def _on_layers_recorded(self) -> None:
+        """Called inside the forward once the last recorded layer ran: loss, gradient, then no more graph."""
+        leaf = self._leaf
+        levels = self.recorder.levels()
+        result = self.loss_of_levels(levels)
+        total = result.total.float().sum()
+        if total.requires_grad and leaf is not None:
+            (grad,) = torch.autograd.grad(total, leaf)
+        else:
+            grad = torch.zeros_like(leaf) if leaf is not None else torch.zeros(())
+        main = levels.get(self.main_factor)
+        self.captured = CapturedGradient(
+            result=result,
+            loss=float(total.detach()),
+            grad=grad.detach().float(),
+            maps=main.mean.detach() if main is not None else None,
+        )
+        # The rest of this forward only produces the step's prediction: build no graph for it. The caller's
+        # enable_grad() context restores the grad mode when the forward returns.
+        torch.set_grad_enabled(False)

@@ -1,0 +1,207 @@
+"""Fast mode on a real (tiny) ComfyUI checkpoint: the gradient comes from the step's own model call.
+
+What is asserted: the capture leaves the step's prediction unchanged, it measures the same loss faithful mode
+measures at the same latent, its update lands one step later and lowers the loss seen there, the last step's
+update is dropped, and it works with batches, masks, other nodes' model wrappers, refinement steps and SDXL.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+PROMPT = "a pink sunflower and a yellow flamingo"
+
+
+@pytest.fixture(scope="module")
+def setup(harness: Any, sd15: tuple) -> dict:
+    model, clip, _ = sd15
+    types = harness.module("binding_losses.types")
+    inputs = harness.module("guidance.inputs")
+    with torch.inference_mode():
+        positive = harness.node("CLIPTextEncode").encode(clip, PROMPT)[0]
+        negative = harness.node("CLIPTextEncode").encode(clip, "")[0]
+    layout = types.TokenLayout(
+        bindings=(types.TokenBinding((3,), ((2,),)), types.TokenBinding((7,), ((6,),))),
+        prompt_positions=tuple(range(1, 8)),
+    )
+    return {
+        "model": model,
+        "positive": positive,
+        "negative": negative,
+        "bindings": inputs.PromptBindings(prompt=PROMPT, layout=layout),
+        "latent": torch.zeros(1, 4, 16, 16),
+    }
+
+
+def _config(harness: Any, mode: str, method: str = "syngen", **params: Any) -> Any:
+    inputs = harness.module("guidance.inputs")
+    objectives = harness.module("binding_losses.objectives")
+    return inputs.GuidanceConfig(objective=objectives.make_objective(method, **params), mode=mode)
+
+
+def _sample(
+    harness: Any,
+    setup: dict,
+    config: Any,
+    steps: int = 4,
+    model: Any = None,
+    latent: torch.Tensor | None = None,
+    noise_mask: torch.Tensor | None = None,
+    sampler_name: str = "euler",
+) -> tuple[torch.Tensor, Any]:
+    import comfy.sample
+    import comfy.samplers
+
+    guided_sampler = harness.module("guidance.sampler")
+    model = setup["model"] if model is None else model
+    latent = setup["latent"] if latent is None else latent
+    with torch.inference_mode():
+        sigmas = comfy.samplers.KSampler(
+            model, steps, model.load_device, sampler_name, "karras", 1.0, model_options=model.model_options
+        ).sigmas
+        sampler = guided_sampler.BindingGuidedSampler(
+            comfy.samplers.sampler_object(sampler_name), setup["bindings"], config
+        )
+        noise = comfy.sample.prepare_noise(latent, 7)
+        out = comfy.sample.sample_custom(
+            model,
+            noise,
+            5.0,
+            sampler,
+            sigmas,
+            setup["positive"],
+            setup["negative"],
+            latent,
+            noise_mask=noise_mask,
+            disable_pbar=True,
+            seed=7,
+        )
+    return out, sampler.last_report
+
+
+def _stock(setup: dict, steps: int = 4, latent: torch.Tensor | None = None) -> torch.Tensor:
+    import comfy.sample
+
+    latent = setup["latent"] if latent is None else latent
+    with torch.inference_mode():
+        noise = comfy.sample.prepare_noise(latent, 7)
+        return comfy.sample.sample(
+            setup["model"],
+            noise,
+            steps,
+            5.0,
+            "euler",
+            "karras",
+            setup["positive"],
+            setup["negative"],
+            latent,
+            disable_pbar=True,
+            seed=7,
+        )
+
+
+def test_capture_leaves_the_prediction_unchanged(harness: Any, setup: dict) -> None:
+    """Step size 0: the split batch and the explicit attention in recorded layers give the stock result."""
+    guided, report = _sample(harness, setup, _config(harness, "fast", scale_factor=0.0))
+    assert [record.step for record in report.steps] == [0, 1]
+    assert torch.allclose(guided, _stock(setup), rtol=1e-4, atol=1e-3)
+
+
+def test_fast_mode_measures_the_faithful_loss_at_the_first_step(harness: Any, setup: dict) -> None:
+    """At step 0 both modes see the same latent, so the loss from the step's own call equals faithful mode's."""
+    fast = _sample(harness, setup, _config(harness, "fast"))[1]
+    faithful = _sample(harness, setup, _config(harness, "faithful"))[1]
+    assert fast.steps[0].loss_before == pytest.approx(faithful.steps[0].loss_before, rel=1e-5)
+
+
+def test_update_lands_one_step_later_and_lowers_the_loss_there(harness: Any, setup: dict) -> None:
+    guided, report = _sample(harness, setup, _config(harness, "fast"))
+    unguided = _sample(harness, setup, _config(harness, "fast", scale_factor=0.0))[1]
+    assert report.steps[0].loss_before == pytest.approx(unguided.steps[0].loss_before, rel=1e-5)
+    assert report.steps[0].stepped
+    # Step 1's model call sees the update computed at step 0.
+    assert report.steps[1].loss_before < unguided.steps[1].loss_before
+    assert (guided - _stock(setup)).abs().max() > 1e-3
+
+
+def test_the_last_steps_gradient_is_dropped(harness: Any, setup: dict) -> None:
+    """With one step there is no later step to carry the update: the result is the stock one."""
+    guided, report = _sample(harness, setup, _config(harness, "fast", guided_fraction=1.0), steps=1)
+    assert [(record.step, record.stepped) for record in report.steps] == [(0, False)]
+    assert torch.allclose(guided, _stock(setup, steps=1), rtol=1e-4, atol=1e-3)
+
+
+def test_no_patch_or_wrapper_leaks_into_the_next_run(harness: Any, setup: dict) -> None:
+    model = setup["model"]
+    stock_before = _stock(setup)
+    options_before = repr(model.model_options)
+    _sample(harness, setup, _config(harness, "fast"))
+    assert repr(model.model_options) == options_before
+    assert torch.equal(_stock(setup), stock_before)
+
+
+def test_batch_of_two_and_a_mask(harness: Any, setup: dict) -> None:
+    latent = torch.randn(2, 4, 16, 24, generator=torch.Generator().manual_seed(3))
+    mask = torch.zeros(2, 1, 16, 24)
+    mask[..., :, :12] = 1.0
+    guided, report = _sample(harness, setup, _config(harness, "fast"), latent=latent, noise_mask=mask)
+    plain, _ = _sample(harness, setup, _config(harness, "fast", scale_factor=0.0), latent=latent, noise_mask=mask)
+    for index in range(2):
+        assert (guided[index, ..., :12] - plain[index, ..., :12]).abs().max() > 1e-3
+    assert torch.allclose(guided[..., 12:], plain[..., 12:], rtol=1e-4, atol=1e-3)
+    assert report.last_maps is not None and report.last_maps.shape[0] == 2
+
+
+def test_another_nodes_model_wrapper_still_runs(harness: Any, setup: dict) -> None:
+    """A model_function_wrapper installed by another node runs for every part of the split call."""
+    calls: list[list[int]] = []
+
+    def counting_wrapper(apply_model: Any, args: dict) -> torch.Tensor:
+        calls.append(list(args["cond_or_uncond"]))
+        return apply_model(args["input"], args["timestep"], **args["c"])
+
+    model = setup["model"].clone()
+    model.set_model_unet_function_wrapper(counting_wrapper)
+    guided, report = _sample(harness, setup, _config(harness, "fast"), model=model)
+    assert len(report.steps) == 2
+    # Guided steps 0 and 1 split their call into a conditional and an unconditional part; steps 2, 3 do not.
+    assert sorted(map(tuple, calls[:2])) == [(0,), (1,)]
+    assert len(calls) == 2 + 2 + 1 + 1
+    assert torch.isfinite(guided).all()
+
+
+def test_refinement_steps_run_as_in_faithful_mode(harness: Any, setup: dict) -> None:
+    """Attend-and-Excite refines at steps 0, 2, 4 of 10 with its own passes; steps 1 and 3 use the fast capture."""
+    config = _config(harness, "fast", "attend_and_excite", max_refinement_steps=1)
+    guided, report = _sample(harness, setup, config, steps=10)
+    assert [record.step for record in report.steps] == [0, 1, 2, 3, 4]
+    assert [record.refinement_iterations for record in report.steps] == [1, 0, 1, 0, 1]
+    assert torch.isfinite(guided).all()
+
+
+def test_sdxl_conditioning_is_split_with_the_batch(harness: Any, sdxl: tuple) -> None:
+    """SDXL's pooled/size vector ``y`` travels with each row of the split call."""
+    model, clip, _ = sdxl
+    with torch.inference_mode():
+        positive = harness.node("CLIPTextEncode").encode(clip, PROMPT)[0]
+        negative = harness.node("CLIPTextEncode").encode(clip, "")[0]
+    types = harness.module("binding_losses.types")
+    inputs = harness.module("guidance.inputs")
+    layout = types.TokenLayout(
+        bindings=(types.TokenBinding((3,), ((2,),)), types.TokenBinding((7,), ((6,),))),
+        prompt_positions=tuple(range(1, 8)),
+    )
+    setup = {
+        "model": model,
+        "positive": positive,
+        "negative": negative,
+        "bindings": inputs.PromptBindings(prompt=PROMPT, layout=layout),
+        "latent": torch.zeros(1, 4, 16, 16),
+    }
+    guided, report = _sample(harness, setup, _config(harness, "fast"))
+    unguided, _ = _sample(harness, setup, _config(harness, "fast", scale_factor=0.0))
+    assert report.steps[1].loss_before != report.steps[0].loss_before
+    assert (guided - unguided).abs().max() > 1e-3
