@@ -1,7 +1,7 @@
 """What binding guidance costs: plain vs guided sampling on the same model, in one process.
 
 Runs a random-weight UNet of the real SD1.5 width (860 M parameters) with hand-made conditioning through
-ComfyUI's real sampler, plain and with SynGen guidance (faithful mode), and prints:
+ComfyUI's real sampler, plain and with SynGen guidance in faithful and fast mode, and prints:
 - per-step time ratio: a run with every step guided vs the same run plain;
 - whole-run ratio: half of the steps guided (the reference's 25 of 50), scaled down to --steps;
 - the effect of ending the guidance forward after the last recorded layer (stop_forward_early);
@@ -9,7 +9,6 @@ ComfyUI's real sampler, plain and with SynGen guidance (faithful mode), and prin
 
 The last line is machine-readable:
     faithful_step=<ratio> fast_step=<ratio> faithful_run=<ratio> fast_run=<ratio> mem_overhead_mb=<MB>
-``fast`` mode is not implemented yet; its fields print ``na``.
 
     .venv/bin/python benchmarks/guidance_overhead.py                 # CPU, 32×32 latent (256 px), 8 steps
     .venv/bin/python benchmarks/guidance_overhead.py --device cuda --latent 64 --dtype fp16 --steps 50
@@ -100,7 +99,13 @@ def main() -> None:
     )
     bindings = inputs.PromptBindings(prompt="a pink sunflower and a yellow flamingo", layout=layout)
 
-    def run(steps: int, guided_fraction: float | None, stop_early: bool = True, attention: str = "sdpa") -> float:
+    def run(
+        steps: int,
+        guided_fraction: float | None,
+        stop_early: bool = True,
+        attention: str = "sdpa",
+        mode: str = "faithful",
+    ) -> float:
         with torch.inference_mode():
             sigmas = comfy.samplers.KSampler(
                 model, steps, model.load_device, "euler", "normal", 1.0, model_options=model.model_options
@@ -110,6 +115,8 @@ def main() -> None:
                 config = inputs.GuidanceConfig(
                     objective=objectives.make_objective("syngen", guided_fraction=guided_fraction),
                     stop_forward_early=stop_early,
+                    guidance_attention=attention,
+                    mode=mode,
                 )
                 inner = sampler_module.BindingGuidedSampler(inner, bindings, config)
             noise = comfy.sample.prepare_noise(latent, 1)
@@ -136,11 +143,16 @@ def main() -> None:
     guided_steps = best(per_step_steps, 1.0)
     guided_full_forward = best(per_step_steps, 1.0, False)
     guided_comfy_attention = best(per_step_steps, 1.0, True, "comfy")
+    fast_steps = best(per_step_steps, 1.0, True, "sdpa", "fast")
     plain_run = best(args.steps, None)
     guided_run = best(args.steps, 0.5)
+    fast_run_time = best(args.steps, 0.5, True, "sdpa", "fast")
+    guided_peak = peak_memory_mb(args.device)
 
     faithful_step = guided_steps / plain_steps
     faithful_run = guided_run / plain_run
+    fast_step = fast_steps / plain_steps
+    fast_run = fast_run_time / plain_run
     mem_overhead = guided_peak - plain_peak
     params = sum(p.numel() for p in model.model.parameters()) / 1e6
     memory_kind = "RSS" if args.device == "cpu" else "CUDA allocated"
@@ -151,12 +163,14 @@ def main() -> None:
         f"plain step {plain_steps / per_step_steps:.3f} s; guided step {guided_steps / per_step_steps:.3f} s; "
         f"guided step with the full guidance forward {guided_full_forward / per_step_steps:.3f} s; "
         f"with ComfyUI's attention kernel in the guidance pass {guided_comfy_attention / per_step_steps:.3f} s",
-        f"per-step ratio faithful {faithful_step:.3f} (full forward: {guided_full_forward / plain_steps:.3f})",
+        f"fast-mode step {fast_steps / per_step_steps:.3f} s",
+        f"per-step ratio faithful {faithful_step:.3f} (full forward: {guided_full_forward / plain_steps:.3f}), "
+        f"fast {fast_step:.3f}",
         f"{args.steps}-step run, {math.ceil(args.steps / 2)} guided: plain {plain_run:.2f} s, "
-        f"faithful {guided_run:.2f} s, ratio {faithful_run:.3f}",
-        f"peak memory ({memory_kind}): plain {plain_peak:.0f} MB, after guided runs {guided_peak:.0f} MB",
-        f"faithful_step={faithful_step:.3f} fast_step=na faithful_run={faithful_run:.3f} fast_run=na "
-        f"mem_overhead_mb={mem_overhead:.0f}",
+        f"faithful {guided_run:.2f} s (ratio {faithful_run:.3f}), fast {fast_run_time:.2f} s (ratio {fast_run:.3f})",
+        f"peak memory ({memory_kind}): plain {plain_peak:.0f} MB, after guided runs (both modes) {guided_peak:.0f} MB",
+        f"faithful_step={faithful_step:.3f} fast_step={fast_step:.3f} faithful_run={faithful_run:.3f} "
+        f"fast_run={fast_run:.3f} mem_overhead_mb={mem_overhead:.0f}",
     ]
     print("\n".join(lines))
 
