@@ -83,7 +83,8 @@ def test_spacy_model_install_fails_gracefully_offline():
     assert result.returncode == 0
     lines = [line for line in result.stdout.splitlines() if line.strip()]
     assert len(lines) == 1, result.stdout
-    assert "could not install" in lines[0] and f"{sys.executable} -m pip install http://127.0.0.1:9/" in lines[0]
+    python = os.path.normpath(sys.executable)  # the child reports its interpreter path normalised
+    assert "could not install" in lines[0] and f"{python} -m pip install http://127.0.0.1:9/" in lines[0]
 
 
 def test_every_node_has_a_help_page():
