@@ -114,3 +114,28 @@ def test_prompt_without_bindings_samples_exactly_like_ksampler(harness: Any, tin
 def test_refused_sampler_fails_with_its_message(harness: Any, tiny_checkpoint: str) -> None:
     with pytest.raises(AssertionError, match="uni_pc"):
         harness.run_prompt(_graph(tiny_checkpoint, sampler="uni_pc"))
+
+
+def test_fast_mode_from_the_config_node_runs_in_the_workflow(harness: Any, tiny_checkpoint: str) -> None:
+    """guidance_mode = fast on Binding Loss Config: the run is guided, deterministic and differs from faithful."""
+    fast = _graph(tiny_checkpoint, measure=False)
+    for node in fast.values():
+        if node["class_type"] == "BindingLossConfig":
+            node["inputs"]["guidance_mode"] = "fast"
+    outputs = harness.run_prompt(fast)
+    report = outputs[_sampler_id(fast)]["binding_report"][0]
+    assert [(s["step"], s["stepped"]) for s in report["steps"]] == [(0, True), (1, True), (2, True)]
+    assert all(s["loss_after_update"] is None for s in report["steps"])  # fast mode re-measures nothing
+    images = _images(harness, outputs)
+    assert images == _images(harness, harness.run_prompt(fast))
+    assert images != _images(harness, harness.run_prompt(_graph(tiny_checkpoint, measure=False)))
+    assert images != _images(harness, harness.run_prompt(_plain(fast)))
+
+
+def test_unknown_guidance_mode_is_refused_by_validation(harness: Any, tiny_checkpoint: str) -> None:
+    graph = _graph(tiny_checkpoint, measure=False)
+    for node in graph.values():
+        if node["class_type"] == "BindingLossConfig":
+            node["inputs"]["guidance_mode"] = "fastest"
+    with pytest.raises(AssertionError, match="guidance_mode"):
+        harness.run_prompt(graph)
