@@ -190,8 +190,11 @@ def build_ui(name: str, specs: list[dict], object_info: dict, pack_nodes: set[st
         for name, input_spec, required in input_specs(info):
             kind = "COMBO" if isinstance(input_spec[0], list) else input_spec[0]
             if is_widget(input_spec):  # the editor lists widget inputs after the sockets, unlinked
-                widgets.append({"localized_name": name, "name": name, "type": kind, "widget": {"name": name},
-                                "link": None})
+                widget = {"localized_name": name, "name": name, "type": kind, "widget": {"name": name}, "link": None}
+                if not required:
+                    widget = {"localized_name": name, "name": name, "shape": 7, "type": kind,
+                              "widget": {"name": name}, "link": None}
+                widgets.append(widget)
                 continue
             if name not in spec["links_in"] and required:
                 raise ValueError(f"{spec['type']} {spec['id']}: required input '{name}' is not connected")
