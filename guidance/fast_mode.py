@@ -22,6 +22,7 @@ from ..attention_patch import AttentionRecorder
 from ..attention_patch.differentiable_attention import with_differentiable_attention
 from ..attention_patch.layers import CrossAttentionLayer
 from ..binding_losses.types import AttentionLevel
+from .gradients import loss_and_gradient
 
 ModelFunctionWrapper = Callable[[Callable, dict], torch.Tensor]
 
@@ -39,33 +40,28 @@ class CapturedGradient:
     """Head-averaged maps at the main level (for the report's attention preview)."""
 
 
-def _take_rows(value: Any, rows: torch.Tensor | slice, batch: int) -> Any:
-    """``value`` restricted to batch rows ``rows``: every tensor whose first dimension is the batch is indexed."""
+def _map_tensors(value: Any, transform: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+    """``value`` with ``transform`` applied to every tensor inside its dicts, lists and tuples."""
     if isinstance(value, torch.Tensor):
-        return value[rows] if value.ndim > 0 and value.shape[0] == batch else value
+        return transform(value)
     if isinstance(value, dict):
-        return {key: _take_rows(item, rows, batch) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_take_rows(item, rows, batch) for item in value]
-    if isinstance(value, tuple):
-        return tuple(_take_rows(item, rows, batch) for item in value)
+        return {key: _map_tensors(item, transform) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_map_tensors(item, transform) for item in value)
     return value
+
+
+def _take_rows(value: Any, rows: slice, batch: int) -> Any:
+    """``value`` restricted to batch rows ``rows``: every tensor whose first dimension is the batch is indexed."""
+    return _map_tensors(value, lambda t: t[rows] if t.ndim > 0 and t.shape[0] == batch else t)
 
 
 def _own_tensors(value: Any) -> Any:
     """Ordinary (non-inference) copies of the tensors in ``value``, so autograd may save them for backward."""
-    if isinstance(value, torch.Tensor):
-        return value.clone() if value.is_inference() else value
-    if isinstance(value, dict):
-        return {key: _own_tensors(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_own_tensors(item) for item in value]
-    if isinstance(value, tuple):
-        return tuple(_own_tensors(item) for item in value)
-    return value
+    return _map_tensors(value, lambda t: t.clone() if t.is_inference() else t)
 
 
-def _sub_call(args: dict, rows: torch.Tensor | slice, chunks: list[int], uuids: list | None) -> dict:
+def _sub_call(args: dict, rows: slice, chunks: list[int], uuids: list | None) -> dict:
     """The wrapper arguments of a model call restricted to some of its batch rows (whole cond/uncond chunks)."""
     batch = args["input"].shape[0]
     c = dict(args["c"])
@@ -160,18 +156,15 @@ class ConditionalGradientCapture:
 
     def _on_layers_recorded(self) -> None:
         """Called inside the forward once the last recorded layer ran: loss, gradient, then no more graph."""
-        leaf = self._leaf
+        if self._leaf is None:
+            raise RuntimeError("Fast binding guidance: attention was recorded outside the conditional sub-call.")
         levels = self.recorder.levels()
         result = self.loss_of_levels(levels)
-        total = result.total.float().sum()
-        if total.requires_grad and leaf is not None:
-            (grad,) = torch.autograd.grad(total, leaf)
-        else:
-            grad = torch.zeros_like(leaf) if leaf is not None else torch.zeros(())
+        loss, grad = loss_and_gradient(result, self._leaf)
         main = levels.get(self.main_factor)
         self.captured = CapturedGradient(
             result=result,
-            loss=float(total.detach()),
+            loss=loss,
             grad=grad.detach().float(),
             maps=main.mean.detach() if main is not None else None,
         )

@@ -27,6 +27,7 @@ from ..attention_patch.differentiable_attention import with_differentiable_atten
 from ..binding_losses.types import TokenLayout
 from ..tokens import find_words
 from .fast_mode import ConditionalGradientCapture
+from .gradients import loss_and_gradient
 from .inference_tensors import release_inference_tensors
 from .inputs import GuidanceConfig, PromptBindings
 from .report import GuidanceReport, StepRecord
@@ -122,7 +123,6 @@ class _PendingCapture:
     """A fast-mode gradient capture installed for one model call."""
 
     capture: ConditionalGradientCapture
-    step: int
     sigma: torch.Tensor
     denoise_mask: Any
 
@@ -191,21 +191,14 @@ class GuidanceRun:
             self.guide(x, sigma, step, denoise_mask, model_options)
             return model_options
         self._check_planned_sigma(sigma, step)
-        num_steps, layout, text_attention = self.num_steps, self.layout, self.text_attention
-
-        def loss_of_levels(levels: dict) -> Any:
-            if self.main_factor not in levels:
-                raise BindingGuidanceError("No cross-attention maps were recorded at the main level during guidance.")
-            return self.objective.loss(levels, layout, step, num_steps, text_self_attention=text_attention)
-
         capture = ConditionalGradientCapture(
             self.layers,
-            loss_of_levels,
+            lambda levels: self._objective_loss(levels, step),
             self.main_factor,
             previous=model_options.get("model_function_wrapper"),
             differentiable_attention=self.config.guidance_attention == "sdpa",
         )
-        self._capture = _PendingCapture(capture, step, sigma.detach().clone(), denoise_mask)
+        self._capture = _PendingCapture(capture, sigma.detach().clone(), denoise_mask)
         return capture.model_options(model_options)
 
     def after_call(self, step: int) -> None:
@@ -228,9 +221,7 @@ class GuidanceRun:
         ):
             with torch.inference_mode(False):
                 grad = captured.grad
-                scale = step_size * self._latent_scale(pending.sigma.to(grad.device), grad)
-                if pending.denoise_mask is not None:
-                    scale = scale * pending.denoise_mask.detach().clone().float()
+                scale = self._update_scale(step_size, pending.sigma.to(grad.device), grad, pending.denoise_mask)
                 self._pending_update = (step, -(scale * grad))
             stepped = True
         record = StepRecord(
@@ -267,16 +258,23 @@ class GuidanceRun:
             comfy.samplers.calc_cond_batch(self.guider.inner_model, [self.positive], x, sigma, options)
         except RecordingComplete:
             pass
-        levels = self.recorder.levels()
+        return self._objective_loss(self.recorder.levels(), step)
+
+    def _objective_loss(self, levels: dict, step: int) -> Any:
         if self.main_factor not in levels:
             raise BindingGuidanceError("No cross-attention maps were recorded at the main level during guidance.")
         return self.objective.loss(levels, self.layout, step, self.num_steps, text_self_attention=self.text_attention)
 
-    def _latent_scale(self, sigma: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        # The references step the UNet input z = c·x. z' = z − α∇_z L is x' = x − (α/c²)∇_x L.
-        ones = torch.ones_like(like)
-        c = self.model_sampling.calculate_input(sigma.to(like.dtype), ones)
-        return 1.0 / (c * c)
+    def _update_scale(
+        self, step_size: float, sigma: torch.Tensor, like: torch.Tensor, denoise_mask: Any
+    ) -> torch.Tensor:
+        """Factor of ∇ₓL in the latent update: z' = z − α∇_z L on the UNet input z = c·x is x' = x − (α/c²)∇ₓL
+        (spec §1.6.3). Only the masked region of an inpainting latent moves."""
+        c = self.model_sampling.calculate_input(sigma.to(like.dtype), torch.ones_like(like))
+        scale = step_size / (c * c)
+        if denoise_mask is not None:
+            scale = scale * denoise_mask.detach().clone().float()
+        return scale
 
     def _check_planned_sigma(self, sigma: torch.Tensor, step: int) -> None:
         expected = float(self.sigmas[step])
@@ -292,11 +290,8 @@ class GuidanceRun:
     ) -> tuple[Any, torch.Tensor, float]:
         leaf = latent.detach().requires_grad_(True)
         result = self._loss(leaf, sigma, model_options, step)
-        total = result.total.float().sum()
-        if not total.requires_grad:
-            return result, torch.zeros_like(leaf), float(total)
-        (grad,) = torch.autograd.grad(total, leaf)
-        return result, grad, float(total.detach())
+        loss, grad = loss_and_gradient(result, leaf)
+        return result, grad, loss
 
     def _finite(self, loss: float, grad: torch.Tensor, step: int) -> bool:
         if math.isfinite(loss) and bool(torch.isfinite(grad).all()):
@@ -320,10 +315,7 @@ class GuidanceRun:
         with torch.inference_mode(False), torch.enable_grad():
             latent = x.detach().clone().float()
             sigma_work = sigma.detach().clone()
-            # z' = z − α∇_z L on the UNet input z = c·x is x' = x − (α/c²)∇_x L (spec §1.6.3).
-            scale = step_size * self._latent_scale(sigma_work, latent)
-            if denoise_mask is not None:
-                scale = scale * denoise_mask.detach().clone().float()
+            scale = self._update_scale(step_size, sigma_work, latent, denoise_mask)
 
             result, grad, loss = self._loss_and_grad(latent, sigma_work, model_options, step)
             loss_before, iterations, stepped, loss_after_step = loss, 0, False, None

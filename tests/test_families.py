@@ -202,7 +202,7 @@ def test_v_prediction_step_scale_is_the_unet_input_scale(harness: Any, sd2: tupl
     run_class = harness.module("guidance.sampler").GuidanceRun
     holder = run_class.__new__(run_class)
     holder.model_sampling = sampling
-    assert torch.allclose(holder._latent_scale(sigma, torch.ones(3)), sigma**2 + 1.0)
+    assert torch.allclose(holder._update_scale(1.0, sigma, torch.ones(3), None), sigma**2 + 1.0)
 
 
 def test_guided_sampling_lowers_the_loss_batch_two_non_square(harness: Any, family: dict) -> None:

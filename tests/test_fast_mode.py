@@ -11,29 +11,13 @@ from typing import Any
 
 import pytest
 import torch
-
-PROMPT = "a pink sunflower and a yellow flamingo"
+from guided_runs import prompt_case, sample_guided, sample_stock
 
 
 @pytest.fixture(scope="module")
 def setup(harness: Any, sd15: tuple) -> dict:
     model, clip, _ = sd15
-    types = harness.module("binding_losses.types")
-    inputs = harness.module("guidance.inputs")
-    with torch.inference_mode():
-        positive = harness.node("CLIPTextEncode").encode(clip, PROMPT)[0]
-        negative = harness.node("CLIPTextEncode").encode(clip, "")[0]
-    layout = types.TokenLayout(
-        bindings=(types.TokenBinding((3,), ((2,),)), types.TokenBinding((7,), ((6,),))),
-        prompt_positions=tuple(range(1, 8)),
-    )
-    return {
-        "model": model,
-        "positive": positive,
-        "negative": negative,
-        "bindings": inputs.PromptBindings(prompt=PROMPT, layout=layout),
-        "latent": torch.zeros(1, 4, 16, 16),
-    }
+    return prompt_case(harness, model, clip)
 
 
 def _config(harness: Any, mode: str, method: str = "syngen", **params: Any) -> Any:
@@ -42,65 +26,12 @@ def _config(harness: Any, mode: str, method: str = "syngen", **params: Any) -> A
     return inputs.GuidanceConfig(objective=objectives.make_objective(method, **params), mode=mode)
 
 
-def _sample(
-    harness: Any,
-    setup: dict,
-    config: Any,
-    steps: int = 4,
-    model: Any = None,
-    latent: torch.Tensor | None = None,
-    noise_mask: torch.Tensor | None = None,
-    sampler_name: str = "euler",
-) -> tuple[torch.Tensor, Any]:
-    import comfy.sample
-    import comfy.samplers
-
-    guided_sampler = harness.module("guidance.sampler")
-    model = setup["model"] if model is None else model
-    latent = setup["latent"] if latent is None else latent
-    with torch.inference_mode():
-        sigmas = comfy.samplers.KSampler(
-            model, steps, model.load_device, sampler_name, "karras", 1.0, model_options=model.model_options
-        ).sigmas
-        sampler = guided_sampler.BindingGuidedSampler(
-            comfy.samplers.sampler_object(sampler_name), setup["bindings"], config
-        )
-        noise = comfy.sample.prepare_noise(latent, 7)
-        out = comfy.sample.sample_custom(
-            model,
-            noise,
-            5.0,
-            sampler,
-            sigmas,
-            setup["positive"],
-            setup["negative"],
-            latent,
-            noise_mask=noise_mask,
-            disable_pbar=True,
-            seed=7,
-        )
-    return out, sampler.last_report
+def _sample(harness: Any, setup: dict, config: Any, **options: Any) -> tuple[torch.Tensor, Any]:
+    return sample_guided(harness, setup, config, **options)
 
 
 def _stock(setup: dict, steps: int = 4, latent: torch.Tensor | None = None) -> torch.Tensor:
-    import comfy.sample
-
-    latent = setup["latent"] if latent is None else latent
-    with torch.inference_mode():
-        noise = comfy.sample.prepare_noise(latent, 7)
-        return comfy.sample.sample(
-            setup["model"],
-            noise,
-            steps,
-            5.0,
-            "euler",
-            "karras",
-            setup["positive"],
-            setup["negative"],
-            latent,
-            disable_pbar=True,
-            seed=7,
-        )
+    return sample_stock(setup, steps=steps, latent=latent)
 
 
 def test_capture_leaves_the_prediction_unchanged(harness: Any, setup: dict) -> None:
@@ -183,25 +114,13 @@ def test_refinement_steps_run_as_in_faithful_mode(harness: Any, setup: dict) -> 
 
 
 def test_sdxl_conditioning_is_split_with_the_batch(harness: Any, sdxl: tuple) -> None:
-    """SDXL's pooled/size vector ``y`` travels with each row of the split call."""
+    """SDXL's pooled/size vector ``y`` travels with each row of the split call: with step size 0 the prediction is
+    the stock one, and the conditional chunk's loss is faithful mode's."""
     model, clip, _ = sdxl
-    with torch.inference_mode():
-        positive = harness.node("CLIPTextEncode").encode(clip, PROMPT)[0]
-        negative = harness.node("CLIPTextEncode").encode(clip, "")[0]
-    types = harness.module("binding_losses.types")
-    inputs = harness.module("guidance.inputs")
-    layout = types.TokenLayout(
-        bindings=(types.TokenBinding((3,), ((2,),)), types.TokenBinding((7,), ((6,),))),
-        prompt_positions=tuple(range(1, 8)),
-    )
-    setup = {
-        "model": model,
-        "positive": positive,
-        "negative": negative,
-        "bindings": inputs.PromptBindings(prompt=PROMPT, layout=layout),
-        "latent": torch.zeros(1, 4, 16, 16),
-    }
+    setup = prompt_case(harness, model, clip)
     guided, report = _sample(harness, setup, _config(harness, "fast"))
     unguided, _ = _sample(harness, setup, _config(harness, "fast", scale_factor=0.0))
-    assert report.steps[1].loss_before != report.steps[0].loss_before
+    faithful = _sample(harness, setup, _config(harness, "faithful"))[1]
+    assert torch.allclose(unguided, _stock(setup), rtol=1e-4, atol=1e-3)
+    assert report.steps[0].loss_before == pytest.approx(faithful.steps[0].loss_before, rel=1e-5)
     assert (guided - unguided).abs().max() > 1e-3

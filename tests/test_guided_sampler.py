@@ -6,9 +6,7 @@ from typing import Any
 
 import pytest
 import torch
-
-PROMPT = "a pink sunflower and a yellow flamingo"
-STEPS = 4
+from guided_runs import prompt_case, sample_guided, sample_stock
 
 
 @pytest.fixture(scope="module")
@@ -17,20 +15,11 @@ def setup(harness: Any, sd15: tuple) -> dict:
     types = harness.module("binding_losses.types")
     objectives = harness.module("binding_losses.objectives")
     inputs = harness.module("guidance.inputs")
-    with torch.inference_mode():
-        positive = harness.node("CLIPTextEncode").encode(clip, PROMPT)[0]
-        negative = harness.node("CLIPTextEncode").encode(clip, "")[0]
-    # pink=2 → sunflower=3, yellow=6 → flamingo=7 (spec §2.7 a)
-    layout = types.TokenLayout(
-        bindings=(types.TokenBinding((3,), ((2,),)), types.TokenBinding((7,), ((6,),))),
-        prompt_positions=tuple(range(1, 8)),
-    )
+    case = prompt_case(harness, model, clip)
+    no_bindings = types.TokenLayout((), tuple(range(1, 8)))
     return {
-        "model": model,
-        "positive": positive,
-        "negative": negative,
-        "bindings": inputs.PromptBindings(prompt=PROMPT, layout=layout),
-        "empty": inputs.PromptBindings(prompt=PROMPT, layout=types.TokenLayout((), tuple(range(1, 8)))),
+        **case,
+        "empty": inputs.PromptBindings(prompt=case["bindings"].prompt, layout=no_bindings),
         "config": inputs.GuidanceConfig(objective=objectives.make_objective("syngen"), measure_after_step=True),
         "latent": torch.zeros(1, 4, 16, 16),
     }
@@ -45,54 +34,21 @@ def _sample(
     latent: torch.Tensor | None = None,
     noise_mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, Any]:
-    import comfy.sample
-    import comfy.samplers
-
-    guided_sampler = harness.module("guidance.sampler")
-    model = setup["model"]
     latent = setup["latent"] if latent is None else latent
-    with torch.inference_mode():
-        sigmas = comfy.samplers.KSampler(
-            model, STEPS, model.load_device, sampler_name, scheduler, 1.0, model_options=model.model_options
-        ).sigmas
-        sampler = guided_sampler.BindingGuidedSampler(
-            comfy.samplers.sampler_object(sampler_name), bindings, setup["config"]
-        )
-        noise = comfy.sample.prepare_noise(latent, 7)
-        out = comfy.sample.sample_custom(
-            model,
-            noise,
-            5.0,
-            sampler,
-            sigmas,
-            setup["positive"],
-            setup["negative"],
-            latent,
-            noise_mask=noise_mask,
-            disable_pbar=True,
-            seed=7,
-        )
-    return out, sampler.last_report
+    return sample_guided(
+        harness,
+        setup,
+        setup["config"],
+        bindings=bindings,
+        sampler_name=sampler_name,
+        scheduler=scheduler,
+        latent=latent,
+        noise_mask=noise_mask,
+    )
 
 
 def _stock(setup: dict, sampler_name: str, scheduler: str = "karras") -> torch.Tensor:
-    import comfy.sample
-
-    with torch.inference_mode():
-        noise = comfy.sample.prepare_noise(setup["latent"], 7)
-        return comfy.sample.sample(
-            setup["model"],
-            noise,
-            STEPS,
-            5.0,
-            sampler_name,
-            scheduler,
-            setup["positive"],
-            setup["negative"],
-            setup["latent"],
-            disable_pbar=True,
-            seed=7,
-        )
+    return sample_stock(setup, sampler_name=sampler_name, scheduler=scheduler, latent=setup["latent"])
 
 
 def _supported_samplers(harness: Any) -> list[str]:

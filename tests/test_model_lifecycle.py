@@ -13,8 +13,7 @@ from typing import Any
 
 import pytest
 import torch
-
-PROMPT = "a pink sunflower and a yellow flamingo"
+from guided_runs import prompt_case, sample_guided
 
 
 @pytest.fixture(scope="module")
@@ -28,21 +27,10 @@ def fresh_model(harness: Any, tiny_checkpoint: str) -> tuple[Any, Any]:
 @pytest.fixture(scope="module")
 def setup(harness: Any, fresh_model: tuple) -> dict:
     model, clip = fresh_model
-    types = harness.module("binding_losses.types")
     inputs = harness.module("guidance.inputs")
     objectives = harness.module("binding_losses.objectives")
-    with torch.inference_mode():
-        positive = harness.node("CLIPTextEncode").encode(clip, PROMPT)[0]
-        negative = harness.node("CLIPTextEncode").encode(clip, "")[0]
-    layout = types.TokenLayout(
-        bindings=(types.TokenBinding((3,), ((2,),)), types.TokenBinding((7,), ((6,),))),
-        prompt_positions=tuple(range(1, 8)),
-    )
     return {
-        "model": model,
-        "positive": positive,
-        "negative": negative,
-        "bindings": inputs.PromptBindings(prompt=PROMPT, layout=layout),
+        **prompt_case(harness, model, clip),
         "configs": {
             mode: inputs.GuidanceConfig(objective=objectives.make_objective("syngen"), mode=mode)
             for mode in ("faithful", "fast")
@@ -51,22 +39,7 @@ def setup(harness: Any, fresh_model: tuple) -> dict:
 
 
 def _guided(harness: Any, setup: dict, model: Any, mode: str = "faithful") -> torch.Tensor:
-    import comfy.sample
-    import comfy.samplers
-
-    guided_sampler = harness.module("guidance.sampler")
-    latent = torch.zeros(1, 4, 16, 16)
-    with torch.inference_mode():
-        sigmas = comfy.samplers.KSampler(
-            model, 4, model.load_device, "euler", "karras", 1.0, model_options=model.model_options
-        ).sigmas
-        sampler = guided_sampler.BindingGuidedSampler(
-            comfy.samplers.sampler_object("euler"), setup["bindings"], setup["configs"][mode]
-        )
-        noise = comfy.sample.prepare_noise(latent, 7)
-        return comfy.sample.sample_custom(
-            model, noise, 5.0, sampler, sigmas, setup["positive"], setup["negative"], latent, disable_pbar=True, seed=7
-        )
+    return sample_guided(harness, setup, setup["configs"][mode], model=model)[0]
 
 
 def _unet_parameters(model: Any) -> dict[str, torch.Tensor]:

@@ -1,0 +1,102 @@
+"""Shared plumbing for tests that sample with the guided sampler on a real (tiny) ComfyUI model.
+
+The prompt is the spec's example (a): "a pink sunflower and a yellow flamingo", with pink=2 → sunflower=3 and
+yellow=6 → flamingo=7 in the CLIP context (spec §2.7 a).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+PROMPT = "a pink sunflower and a yellow flamingo"
+
+
+def prompt_case(harness: Any, model: Any, clip: Any) -> dict:
+    """``model``, encoded positive/negative conditioning and the hand-aligned bindings of :data:`PROMPT`."""
+    types = harness.module("binding_losses.types")
+    inputs = harness.module("guidance.inputs")
+    with torch.inference_mode():
+        positive = harness.node("CLIPTextEncode").encode(clip, PROMPT)[0]
+        negative = harness.node("CLIPTextEncode").encode(clip, "")[0]
+    layout = types.TokenLayout(
+        bindings=(types.TokenBinding((3,), ((2,),)), types.TokenBinding((7,), ((6,),))),
+        prompt_positions=tuple(range(1, 8)),
+    )
+    return {
+        "model": model,
+        "positive": positive,
+        "negative": negative,
+        "bindings": inputs.PromptBindings(prompt=PROMPT, layout=layout),
+    }
+
+
+def sample_guided(
+    harness: Any,
+    case: dict,
+    config: Any,
+    bindings: Any = None,
+    model: Any = None,
+    steps: int = 4,
+    sampler_name: str = "euler",
+    scheduler: str = "karras",
+    latent: torch.Tensor | None = None,
+    noise_mask: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, Any]:
+    """Sample with a BindingGuidedSampler around ``sampler_name`` (CFG 5, seed 7); returns (latent, report)."""
+    import comfy.sample
+    import comfy.samplers
+
+    guided_sampler = harness.module("guidance.sampler")
+    model = case["model"] if model is None else model
+    bindings = case["bindings"] if bindings is None else bindings
+    latent = torch.zeros(1, 4, 16, 16) if latent is None else latent
+    with torch.inference_mode():
+        sigmas = comfy.samplers.KSampler(
+            model, steps, model.load_device, sampler_name, scheduler, 1.0, model_options=model.model_options
+        ).sigmas
+        sampler = guided_sampler.BindingGuidedSampler(comfy.samplers.sampler_object(sampler_name), bindings, config)
+        noise = comfy.sample.prepare_noise(latent, 7)
+        out = comfy.sample.sample_custom(
+            model,
+            noise,
+            5.0,
+            sampler,
+            sigmas,
+            case["positive"],
+            case["negative"],
+            latent,
+            noise_mask=noise_mask,
+            disable_pbar=True,
+            seed=7,
+        )
+    return out, sampler.last_report
+
+
+def sample_stock(
+    case: dict,
+    steps: int = 4,
+    sampler_name: str = "euler",
+    scheduler: str = "karras",
+    latent: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The same sampling with ComfyUI's stock KSampler path (no guidance)."""
+    import comfy.sample
+
+    latent = torch.zeros(1, 4, 16, 16) if latent is None else latent
+    with torch.inference_mode():
+        noise = comfy.sample.prepare_noise(latent, 7)
+        return comfy.sample.sample(
+            case["model"],
+            noise,
+            steps,
+            5.0,
+            sampler_name,
+            scheduler,
+            case["positive"],
+            case["negative"],
+            latent,
+            disable_pbar=True,
+            seed=7,
+        )
