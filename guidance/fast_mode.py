@@ -12,6 +12,7 @@ is applied to the latent one step later (see ``docs/guidance_modes.md``).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +23,9 @@ from ..attention_patch import AttentionRecorder
 from ..attention_patch.differentiable_attention import with_differentiable_attention
 from ..attention_patch.layers import CrossAttentionLayer
 from ..binding_losses.types import AttentionLevel
-from .gradients import loss_and_gradient
+from .gradients import GradientOverflowError, LossScale, loss_and_gradient
+
+log = logging.getLogger("binding_guidance")
 
 ModelFunctionWrapper = Callable[[Callable, dict], torch.Tensor]
 
@@ -34,8 +37,9 @@ class CapturedGradient:
     result: Any
     """The objective's LossResult."""
     loss: float
-    grad: torch.Tensor
-    """``[B, C, H, W]`` fp32, one row per latent in the batch."""
+    grad: torch.Tensor | None
+    """``[B, C, H, W]`` fp32, one row per latent in the batch; None when the fp16 backward overflowed (the step
+    then gets no update, and the lowered loss scale serves the next steps)."""
     maps: torch.Tensor | None
     """Head-averaged maps at the main level (for the report's attention preview)."""
 
@@ -95,12 +99,14 @@ class ConditionalGradientCapture:
         main_factor: int,
         previous: ModelFunctionWrapper | None = None,
         differentiable_attention: bool = True,
+        loss_scale: LossScale | None = None,
     ) -> None:
         self.recorder = AttentionRecorder(layers, stop_early=False, on_complete=self._on_layers_recorded)
         self.loss_of_levels = loss_of_levels
         self.main_factor = main_factor
         self.previous = previous
         self.differentiable_attention = differentiable_attention
+        self.loss_scale = loss_scale
         self.captured: CapturedGradient | None = None
         self._leaf: torch.Tensor | None = None
 
@@ -160,12 +166,17 @@ class ConditionalGradientCapture:
             raise RuntimeError("Fast binding guidance: attention was recorded outside the conditional sub-call.")
         levels = self.recorder.levels()
         result = self.loss_of_levels(levels)
-        loss, grad = loss_and_gradient(result, self._leaf)
+        grad: torch.Tensor | None
+        try:
+            loss, grad = loss_and_gradient(result, self._leaf, self.loss_scale)
+        except GradientOverflowError as overflow:  # no second pass in fast mode: this step goes without its update
+            log.info("Binding guidance (fast mode): %s; this step's update is skipped.", overflow)
+            loss, grad = overflow.loss, None
         main = levels.get(self.main_factor)
         self.captured = CapturedGradient(
             result=result,
             loss=loss,
-            grad=grad.detach().float(),
+            grad=grad.detach().float() if grad is not None else None,
             maps=main.mean.detach() if main is not None else None,
         )
         # The rest of this forward only produces the step's prediction: build no graph for it. The caller's

@@ -27,7 +27,7 @@ from ..attention_patch.differentiable_attention import with_differentiable_atten
 from ..binding_losses.types import TokenLayout
 from ..tokens import find_words
 from .fast_mode import ConditionalGradientCapture
-from .gradients import loss_and_gradient
+from .gradients import GradientOverflowError, LossScale, loss_and_gradient
 from .inference_tensors import release_inference_tensors
 from .inputs import GuidanceConfig, PromptBindings
 from .report import GuidanceReport, StepRecord
@@ -153,6 +153,7 @@ class GuidanceRun:
             raise BindingGuidanceError(f"The model has no cross-attention layers at factors {sorted(wanted)}.")
         self.recorder = AttentionRecorder(self.layers, stop_early=config.stop_forward_early)
         self.model_sampling = base_model.model_sampling
+        self.loss_scale = LossScale.for_dtype(getattr(base_model, "manual_cast_dtype", None) or base_model.get_dtype())
         self.report = GuidanceReport(main_factor=self.main_factor, num_steps=num_steps)
         positive = guider.conds.get("positive") if hasattr(guider, "conds") else None
         if not positive:
@@ -197,6 +198,7 @@ class GuidanceRun:
             self.main_factor,
             previous=model_options.get("model_function_wrapper"),
             differentiable_attention=self.config.guidance_attention == "sdpa",
+            loss_scale=self.loss_scale,
         )
         self._capture = _PendingCapture(capture, sigma.detach().clone(), denoise_mask)
         return capture.model_options(model_options)
@@ -214,7 +216,8 @@ class GuidanceRun:
         step_size = float(self.objective.step_size(step, self.num_steps))
         stepped = False
         if (
-            self._finite(captured.loss, captured.grad, step)
+            captured.grad is not None
+            and self._finite(captured.loss, captured.grad, step)
             and captured.loss != 0.0
             and not self._reached_target(captured.loss)
             and step + 1 < self.num_steps
@@ -288,10 +291,14 @@ class GuidanceRun:
     def _loss_and_grad(
         self, latent: torch.Tensor, sigma: torch.Tensor, model_options: dict, step: int
     ) -> tuple[Any, torch.Tensor, float]:
-        leaf = latent.detach().requires_grad_(True)
-        result = self._loss(leaf, sigma, model_options, step)
-        loss, grad = loss_and_gradient(result, leaf)
-        return result, grad, loss
+        while True:
+            leaf = latent.detach().requires_grad_(True)
+            result = self._loss(leaf, sigma, model_options, step)
+            try:
+                loss, grad = loss_and_gradient(result, leaf, self.loss_scale)
+            except GradientOverflowError:
+                continue  # the scale was lowered (it ends at 1, which cannot overflow): one more guidance pass
+            return result, grad, loss
 
     def _finite(self, loss: float, grad: torch.Tensor, step: int) -> bool:
         if math.isfinite(loss) and bool(torch.isfinite(grad).all()):
