@@ -1,17 +1,20 @@
 """What binding guidance costs: plain vs guided sampling on the same model, in one process.
 
-Runs a random-weight UNet of the real SD1.5 width (860 M parameters) with hand-made conditioning through
-ComfyUI's real sampler, plain and with SynGen guidance in faithful and fast mode, and prints:
+Runs a random-weight UNet of the real SD1.5 width (860 M parameters; ``--arch sdxl``: the real SDXL UNet,
+2.6 B) with hand-made conditioning through ComfyUI's real sampler, plain and with SynGen guidance in faithful
+and fast mode, and prints:
 - per-step time ratio: a run with every step guided vs the same run plain;
 - whole-run ratio: half of the steps guided (the reference's 25 of 50), scaled down to --steps;
 - the effect of ending the guidance forward after the last recorded layer (stop_forward_early);
-- peak memory (RSS on CPU, torch.cuda.max_memory_allocated on CUDA).
+- peak memory (RSS on CPU, torch.cuda.max_memory_allocated on CUDA), as the overhead over plain sampling and, on
+  CUDA, as the absolute peak of a guided run.
 
 The last line is machine-readable:
     faithful_step=<ratio> fast_step=<ratio> faithful_run=<ratio> fast_run=<ratio> mem_overhead_mb=<MB>
 
     .venv/bin/python benchmarks/guidance_overhead.py                 # CPU, 32×32 latent (256 px), 8 steps
     .venv/bin/python benchmarks/guidance_overhead.py --device cuda --latent 64 --dtype fp16 --steps 50
+    .venv/bin/python benchmarks/guidance_overhead.py --device cuda --arch sdxl --latent 128 --dtype fp16 --steps 20
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import math
+import os
 import resource
 import sys
 import time
@@ -32,10 +36,13 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from comfy_env import bootstrap_comfy  # noqa: E402
 
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--arch", default="sd15", choices=["sd15", "sdxl"])
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
     parser.add_argument("--latent", type=int, default=32, help="latent side (32 = 256 px)")
     parser.add_argument("--steps", type=int, default=8, help="steps of the whole-run comparison (half guided)")
@@ -50,12 +57,15 @@ def load_pack() -> types.ModuleType:
     return package
 
 
-def build_model(device: str, dtype: torch.dtype) -> object:
+def build_model(arch: str, device: str, dtype: torch.dtype) -> object:
     import comfy.model_patcher
     import comfy.supported_models
-    from tiny_models import SD15_FULL_UNET, init_weights
+    from tiny_models import SD15_FULL_UNET, SDXL_FULL_UNET, init_weights
 
-    config = comfy.supported_models.SD15(dict(SD15_FULL_UNET))
+    if arch == "sdxl":
+        config = comfy.supported_models.SDXL(dict(SDXL_FULL_UNET))
+    else:
+        config = comfy.supported_models.SD15(dict(SD15_FULL_UNET))
     config.set_inference_dtype(dtype, None)
     with torch.inference_mode():  # as ComfyUI's loaders create them: inference tensors
         model = config.get_model({}, "")
@@ -66,38 +76,85 @@ def build_model(device: str, dtype: torch.dtype) -> object:
     )
 
 
+def hand_made_conditioning(arch: str, generator: torch.Generator) -> list:
+    """One conditioning entry of the architecture's shape (SDXL also takes a pooled vector)."""
+    if arch == "sdxl":
+        return [
+            [
+                torch.randn(1, 77, 2048, generator=generator),
+                {"pooled_output": torch.randn(1, 1280, generator=generator)},
+            ]
+        ]
+    return [[torch.randn(1, 77, 768, generator=generator), {}]]
+
+
 def peak_memory_mb(device: str) -> float:
     if device == "cuda":
         return torch.cuda.max_memory_allocated() / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+class SamplingBench:
+    """A random-weight model, hand-made conditioning and the spec's example bindings, sampled plain or guided."""
+
+    def __init__(self, arch: str, device: str, dtype: str, latent: int) -> None:
+        self.device = device
+        self.model = build_model(arch, device, DTYPES[dtype])
+        generator = torch.Generator().manual_seed(0)
+        self.positive = hand_made_conditioning(arch, generator)
+        self.negative = hand_made_conditioning(arch, generator)
+        self.latent = torch.zeros(1, 4, latent, latent)
+        types_module = importlib.import_module("binding_guidance.binding_losses.types")
+        inputs = importlib.import_module("binding_guidance.guidance.inputs")
+        layout = types_module.TokenLayout(
+            bindings=(types_module.TokenBinding((3,), ((2,),)), types_module.TokenBinding((7,), ((6,),))),
+            prompt_positions=tuple(range(1, 8)),
+        )
+        self.bindings = inputs.PromptBindings(prompt="a pink sunflower and a yellow flamingo", layout=layout)
+
+    def config(self, guided_fraction: float, **options: object) -> object:
+        """A SynGen GuidanceConfig guiding ``guided_fraction`` of the steps; ``options`` as GuidanceConfig's."""
+        inputs = importlib.import_module("binding_guidance.guidance.inputs")
+        objectives = importlib.import_module("binding_guidance.binding_losses.objectives")
+        objective = objectives.make_objective("syngen", guided_fraction=guided_fraction)
+        return inputs.GuidanceConfig(objective=objective, **options)
+
+    def run(self, steps: int, config: object | None = None, sampler_class: type | None = None) -> float:
+        """Sample ``steps`` euler steps (guided when ``config`` is given); returns the wall time in seconds."""
+        import comfy.sample
+        import comfy.samplers
+
+        model = self.model
+        if sampler_class is None:
+            sampler_class = importlib.import_module("binding_guidance.guidance.sampler").BindingGuidedSampler
+        with torch.inference_mode():
+            sigmas = comfy.samplers.KSampler(
+                model, steps, model.load_device, "euler", "normal", 1.0, model_options=model.model_options
+            ).sigmas
+            inner = comfy.samplers.sampler_object("euler")
+            if config is not None:
+                inner = sampler_class(inner, self.bindings, config)
+            noise = comfy.sample.prepare_noise(self.latent, 1)
+            self.synchronize()
+            started = time.perf_counter()
+            comfy.sample.sample_custom(
+                model, noise, 7.5, inner, sigmas, self.positive, self.negative, self.latent, disable_pbar=True, seed=1
+            )
+            self.synchronize()
+            return time.perf_counter() - started
+
+    def synchronize(self) -> None:
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+
+
 def main() -> None:
     args = parse_args()
-    import os
-
     os.environ["BINDING_GUIDANCE_DEVICE"] = args.device
     bootstrap_comfy()
     load_pack()
-    import comfy.sample
-    import comfy.samplers
-
-    sampler_module = importlib.import_module("binding_guidance.guidance.sampler")
-    inputs = importlib.import_module("binding_guidance.guidance.inputs")
-    objectives = importlib.import_module("binding_guidance.binding_losses.objectives")
-    types_module = importlib.import_module("binding_guidance.binding_losses.types")
-
-    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
-    model = build_model(args.device, dtype)
-    generator = torch.Generator().manual_seed(0)
-    positive = [[torch.randn(1, 77, 768, generator=generator), {}]]
-    negative = [[torch.randn(1, 77, 768, generator=generator), {}]]
-    latent = torch.zeros(1, 4, args.latent, args.latent)
-    layout = types_module.TokenLayout(
-        bindings=(types_module.TokenBinding((3,), ((2,),)), types_module.TokenBinding((7,), ((6,),))),
-        prompt_positions=tuple(range(1, 8)),
-    )
-    bindings = inputs.PromptBindings(prompt="a pink sunflower and a yellow flamingo", layout=layout)
+    bench = SamplingBench(args.arch, args.device, args.dtype, args.latent)
+    model = bench.model
 
     def run(
         steps: int,
@@ -106,29 +163,10 @@ def main() -> None:
         attention: str = "sdpa",
         mode: str = "faithful",
     ) -> float:
-        with torch.inference_mode():
-            sigmas = comfy.samplers.KSampler(
-                model, steps, model.load_device, "euler", "normal", 1.0, model_options=model.model_options
-            ).sigmas
-            inner = comfy.samplers.sampler_object("euler")
-            if guided_fraction is not None:
-                config = inputs.GuidanceConfig(
-                    objective=objectives.make_objective("syngen", guided_fraction=guided_fraction),
-                    stop_forward_early=stop_early,
-                    guidance_attention=attention,
-                    mode=mode,
-                )
-                inner = sampler_module.BindingGuidedSampler(inner, bindings, config)
-            noise = comfy.sample.prepare_noise(latent, 1)
-            if args.device == "cuda":
-                torch.cuda.synchronize()
-            started = time.perf_counter()
-            comfy.sample.sample_custom(
-                model, noise, 7.5, inner, sigmas, positive, negative, latent, disable_pbar=True, seed=1
-            )
-            if args.device == "cuda":
-                torch.cuda.synchronize()
-            return time.perf_counter() - started
+        if guided_fraction is None:
+            return bench.run(steps)
+        options = {"stop_forward_early": stop_early, "guidance_attention": attention, "mode": mode}
+        return bench.run(steps, bench.config(guided_fraction, **options))
 
     per_step_steps = 4
     variants: dict[str, tuple] = {
@@ -144,6 +182,11 @@ def main() -> None:
 
     run(2, None)  # warm-up (model load, kernels)
     plain_peak = peak_memory_mb(args.device)
+    if args.device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        run(per_step_steps, None)
+        plain_peak = peak_memory_mb(args.device)
+        torch.cuda.reset_peak_memory_stats()
     release = importlib.import_module("binding_guidance.guidance.inference_tensors").release_inference_tensors
     started = time.perf_counter()
     release(model.model)  # what the first guided run on a freshly loaded model does once
@@ -153,6 +196,7 @@ def main() -> None:
     for name in ("guided_steps", "fast_steps"):
         times[name] = run(*variants[name])
     guided_peak = peak_memory_mb(args.device)
+    guided_reserved = torch.cuda.max_memory_reserved() / 2**30 if args.device == "cuda" else 0.0
     # Interleaved repeats, best of each: slow drift of a shared machine hits every variant alike.
     for _ in range(args.repeats):
         for name, run_args in variants.items():
@@ -169,8 +213,10 @@ def main() -> None:
     mem_overhead = guided_peak - plain_peak
     params = sum(p.numel() for p in model.model.parameters()) / 1e6
     memory_kind = "RSS" if args.device == "cpu" else "CUDA allocated"
+    device_name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
     lines = [
-        f"device={args.device} dtype={args.dtype} latent={args.latent}x{args.latent} params={params:.0f}M "
+        f"device={device_name} arch={args.arch} dtype={args.dtype} latent={args.latent}x{args.latent} "
+        f"params={params:.0f}M "
         f"torch_threads={torch.get_num_threads()}",
         f"one-time release of the inference-mode weights (first guided run on a loaded model): {release_time:.2f} s",
         f"plain step {plain_steps / per_step_steps:.3f} s; guided step {guided_steps / per_step_steps:.3f} s; "
@@ -181,7 +227,12 @@ def main() -> None:
         f"fast {fast_step:.3f}",
         f"{args.steps}-step run, {math.ceil(args.steps / 2)} guided: plain {plain_run:.2f} s, "
         f"faithful {guided_run:.2f} s (ratio {faithful_run:.3f}), fast {fast_run_time:.2f} s (ratio {fast_run:.3f})",
-        f"peak memory ({memory_kind}): plain {plain_peak:.0f} MB, after faithful and fast runs {guided_peak:.0f} MB",
+        f"peak memory ({memory_kind}): plain {plain_peak:.0f} MB, after faithful and fast runs {guided_peak:.0f} MB"
+        + (
+            f" (guided peak {guided_peak / 1024:.2f} GiB; reserved {guided_reserved:.2f} GiB)"
+            if args.device == "cuda"
+            else ""
+        ),
         f"faithful_step={faithful_step:.3f} fast_step={fast_step:.3f} faithful_run={faithful_run:.3f} "
         f"fast_run={fast_run:.3f} mem_overhead_mb={mem_overhead:.0f}",
     ]
