@@ -16,11 +16,10 @@ from __future__ import annotations
 import argparse
 import gc
 import importlib
-import os
 from typing import Any
 
 import torch
-from guidance_overhead import DTYPES, SamplingBench, bootstrap_comfy, load_pack
+from guidance_overhead import DTYPES, SamplingBench, start_comfy
 
 
 def parse_args() -> argparse.Namespace:
@@ -62,9 +61,7 @@ def first_step_gradient(args: argparse.Namespace, dtype: str) -> tuple[float, to
 
 def main() -> None:
     args = parse_args()
-    os.environ["BINDING_GUIDANCE_DEVICE"] = args.device
-    bootstrap_comfy()
-    load_pack()
+    start_comfy(args.device)
     results = {name: first_step_gradient(args, name) for name in args.dtypes}
     device = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
     print(f"device={device} arch={args.arch} latent={args.latent}x{args.latent} method=syngen")

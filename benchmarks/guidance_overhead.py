@@ -148,11 +148,16 @@ class SamplingBench:
             torch.cuda.synchronize()
 
 
-def main() -> None:
-    args = parse_args()
-    os.environ["BINDING_GUIDANCE_DEVICE"] = args.device
+def start_comfy(device: str) -> None:
+    """Import ComfyUI for ``device`` ("cpu" or "cuda") and make the pack importable as ``binding_guidance``."""
+    os.environ["BINDING_GUIDANCE_DEVICE"] = device
     bootstrap_comfy()
     load_pack()
+
+
+def main() -> None:
+    args = parse_args()
+    start_comfy(args.device)
     bench = SamplingBench(args.arch, args.device, args.dtype, args.latent)
     model = bench.model
 

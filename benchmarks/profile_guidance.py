@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from guidance_overhead import SamplingBench, bootstrap_comfy, load_pack
+from guidance_overhead import SamplingBench, start_comfy
 from torch.profiler import ProfilerActivity, profile
 
 
@@ -38,9 +38,7 @@ def _self_device_time(event: object) -> float:
 
 def main() -> None:
     args = parse_args()
-    os.environ["BINDING_GUIDANCE_DEVICE"] = args.device
-    bootstrap_comfy()
-    load_pack()
+    start_comfy(args.device)
     bench = SamplingBench(args.arch, args.device, args.dtype, args.latent)
     variants = {
         "plain": None,
