@@ -43,8 +43,10 @@ def sample_guided(
     scheduler: str = "karras",
     latent: torch.Tensor | None = None,
     noise_mask: torch.Tensor | None = None,
+    sampler_class: type | None = None,
 ) -> tuple[torch.Tensor, Any]:
-    """Sample with a BindingGuidedSampler around ``sampler_name`` (CFG 5, seed 7); returns (latent, report)."""
+    """Sample with a BindingGuidedSampler (or ``sampler_class``) around ``sampler_name`` (CFG 5, seed 7); returns
+    (latent, report)."""
     import comfy.sample
     import comfy.samplers
 
@@ -56,7 +58,8 @@ def sample_guided(
         sigmas = comfy.samplers.KSampler(
             model, steps, model.load_device, sampler_name, scheduler, 1.0, model_options=model.model_options
         ).sigmas
-        sampler = guided_sampler.BindingGuidedSampler(comfy.samplers.sampler_object(sampler_name), bindings, config)
+        sampler_class = guided_sampler.BindingGuidedSampler if sampler_class is None else sampler_class
+        sampler = sampler_class(comfy.samplers.sampler_object(sampler_name), bindings, config)
         noise = comfy.sample.prepare_noise(latent, 7)
         out = comfy.sample.sample_custom(
             model,

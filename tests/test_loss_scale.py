@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 import torch
 from binding_guidance.guidance.gradients import GradientOverflowError, LossScale, loss_and_gradient
+from guided_runs import prompt_case, sample_guided
 
 
 def _fp16_chain(leaf: torch.Tensor, *factors: float) -> SimpleNamespace:
@@ -45,3 +47,57 @@ def test_overflowing_scale_backs_off_and_stays_lowered() -> None:
 def test_no_scaling_outside_fp16() -> None:
     assert LossScale.for_dtype(torch.bfloat16).value == 1.0
     assert LossScale.for_dtype(torch.float32).value == 1.0
+
+
+class _ForcedScale:
+    """A GuidanceRun subclass factory whose loss scale starts where the scaled loss overflows fp32 (1e40 > 3.4e38),
+    so that the overflow handling runs on a CPU model (on the CPU, ComfyUI computes in fp32 and scales nothing)."""
+
+    def __init__(self, harness: Any) -> None:
+        sampler_module = harness.module("guidance.sampler")
+        self.runs: list[Any] = []
+        runs = self.runs
+
+        class ForcedRun(sampler_module.GuidanceRun):
+            def __init__(self, *args: Any) -> None:
+                super().__init__(*args)
+                self.loss_scale.value = 1e40
+                runs.append(self)
+
+        class ForcedSampler(sampler_module.BindingGuidedSampler):
+            run_class = ForcedRun
+
+        self.sampler_class = ForcedSampler
+
+
+@pytest.fixture(scope="module")
+def case(harness: Any, sd15: tuple) -> dict:
+    model, clip, _ = sd15
+    return prompt_case(harness, model, clip)
+
+
+def _config(harness: Any, mode: str) -> Any:
+    inputs = harness.module("guidance.inputs")
+    objectives = harness.module("binding_losses.objectives")
+    return inputs.GuidanceConfig(objective=objectives.make_objective("syngen"), mode=mode)
+
+
+def test_faithful_mode_repeats_the_guidance_pass_after_an_overflow(harness: Any, case: dict) -> None:
+    forced = _ForcedScale(harness)
+    config = _config(harness, "faithful")
+    reference, reference_report = sample_guided(harness, case, config)
+    out, report = sample_guided(harness, case, config, sampler_class=forced.sampler_class)
+    (run,) = forced.runs
+    assert 1.0 <= run.loss_scale.value <= 1e40 / 16  # lowered until the scaled gradient was finite, then kept
+    assert [r.stepped for r in report.steps] == [r.stepped for r in reference_report.steps]
+    assert all(r.stepped for r in report.steps)
+    assert float((out - reference).abs().max() / reference.abs().max()) < 1e-5  # the same update, up to rounding
+
+
+def test_fast_mode_skips_the_update_of_a_step_whose_gradient_overflowed(harness: Any, case: dict) -> None:
+    forced = _ForcedScale(harness)
+    out, report = sample_guided(harness, case, _config(harness, "fast"), sampler_class=forced.sampler_class)
+    (run,) = forced.runs
+    assert report.steps[0].stepped is False
+    assert run.loss_scale.value < 1e40
+    assert torch.isfinite(out).all()
