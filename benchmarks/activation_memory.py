@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import importlib
 import sys
-import types
 from pathlib import Path
 
 import torch
@@ -21,7 +20,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from comfy_env import bootstrap_comfy  # noqa: E402
+from comfy_env import bootstrap_comfy, register_pack_package  # noqa: E402
 
 
 def saved_bytes(model: object, recorder: object, options: dict, side: int) -> int:
@@ -53,9 +52,7 @@ def saved_bytes(model: object, recorder: object, options: dict, side: int) -> in
 
 def main() -> None:
     bootstrap_comfy()
-    package = types.ModuleType("binding_guidance")
-    package.__path__ = [str(ROOT)]
-    sys.modules["binding_guidance"] = package
+    register_pack_package()
     import comfy.supported_models
     from tiny_models import SDXL_FULL_UNET, init_weights
 

@@ -20,7 +20,6 @@ import argparse
 import importlib
 import statistics
 import sys
-import types
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from comfy_env import bootstrap_comfy  # noqa: E402
+from comfy_env import bootstrap_comfy, register_pack_package  # noqa: E402
 
 PROMPTS = (
     "a pink sunflower and a yellow flamingo",
@@ -51,12 +50,6 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def load_pack() -> None:
-    package = types.ModuleType("binding_guidance")
-    package.__path__ = [str(ROOT)]
-    sys.modules["binding_guidance"] = package
-
-
 def tiny_checkpoint() -> Path:
     from tiny_models import build_sd15_tiny_checkpoint
 
@@ -75,7 +68,7 @@ def removed(plain: dict[int, float], probes: dict[int, float], steps: range) -> 
 def main() -> None:
     args = parse_args()
     bootstrap_comfy()
-    load_pack()
+    register_pack_package()
     import comfy.sample
     import comfy.samplers
     import comfy.sd

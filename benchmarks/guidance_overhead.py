@@ -26,7 +26,6 @@ import os
 import resource
 import sys
 import time
-import types
 from pathlib import Path
 
 import torch
@@ -34,7 +33,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from comfy_env import bootstrap_comfy  # noqa: E402
+from comfy_env import bootstrap_comfy, register_pack_package  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -48,13 +47,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=8, help="steps of the whole-run comparison (half guided)")
     parser.add_argument("--repeats", type=int, default=1)
     return parser.parse_args()
-
-
-def load_pack() -> types.ModuleType:
-    package = types.ModuleType("binding_guidance")
-    package.__path__ = [str(ROOT)]
-    sys.modules["binding_guidance"] = package
-    return package
 
 
 def build_model(arch: str, device: str, dtype: torch.dtype) -> object:
@@ -152,7 +144,7 @@ def start_comfy(device: str) -> None:
     """Import ComfyUI for ``device`` ("cpu" or "cuda") and make the pack importable as ``binding_guidance``."""
     os.environ["BINDING_GUIDANCE_DEVICE"] = device
     bootstrap_comfy()
-    load_pack()
+    register_pack_package()
 
 
 def main() -> None:

