@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-SD15_TINY_UNET = {
+SD15_FULL_UNET = {
     "context_dim": 768,
     "model_channels": 320,
     "use_linear_in_transformer": False,
@@ -31,17 +31,29 @@ SD15_TINY_UNET = {
     "use_temporal_attention": False,
     "in_channels": 4,
     "out_channels": 4,
+    "num_res_blocks": [2, 2, 2, 2],
+    "channel_mult": [1, 2, 4, 4],
+    "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0],
+    "transformer_depth_output": [0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1],
+    "transformer_depth_middle": 1,
+    "use_spatial_transformer": True,
+    "legacy": False,
+    "image_size": 64,
+    "num_heads": 8,
+    "num_head_channels": -1,
+}
+"""The real SD1.5 UNet (860 M parameters in the UNet), for the overhead benchmark."""
+
+SD15_TINY_UNET = {
+    **copy.deepcopy(SD15_FULL_UNET),
     "num_res_blocks": [1, 1, 1],
     "channel_mult": [1, 1, 1],
     "transformer_depth": [1, 1, 1],
     "transformer_depth_output": [1, 1, 1, 1, 1, 1],
-    "transformer_depth_middle": 1,
-    "use_spatial_transformer": True,
-    "legacy": False,
     "image_size": 32,
-    "num_heads": 8,
-    "num_head_channels": -1,
 }
+"""SD1.5's widths (detection needs ``model_channels=320`` and ``context_dim=768``) cut to 3 levels of one res
+block each: cross-attention at factors 1, 2 and 4, as in SD1.x."""
 
 
 def init_weights(module: torch.nn.Module, seed: int) -> None:
@@ -93,27 +105,6 @@ def _taesd_state_dict(seed: int) -> dict[str, torch.Tensor]:
 
 # ---------------------------------------------------------------------------------------------------------------
 # SD2.x (768-v) and SDXL.
-
-SD15_FULL_UNET = {
-    "context_dim": 768,
-    "model_channels": 320,
-    "use_linear_in_transformer": False,
-    "adm_in_channels": None,
-    "use_temporal_attention": False,
-    "in_channels": 4,
-    "out_channels": 4,
-    "num_res_blocks": [2, 2, 2, 2],
-    "channel_mult": [1, 2, 4, 4],
-    "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0],
-    "transformer_depth_output": [0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1],
-    "transformer_depth_middle": 1,
-    "use_spatial_transformer": True,
-    "legacy": False,
-    "image_size": 64,
-    "num_heads": 8,
-    "num_head_channels": -1,
-}
-"""The real SD1.5 UNet (860 M parameters in the UNet), for the overhead benchmark."""
 
 SD2_TINY_UNET = {
     "context_dim": 1024,
