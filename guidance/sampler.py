@@ -26,18 +26,16 @@ from ..attention_patch import (
 from ..attention_patch.differentiable_attention import with_differentiable_attention
 from ..binding_losses.types import TokenLayout
 from ..tokens import find_words
+from .errors import BindingGuidanceError
 from .fast_mode import ConditionalGradientCapture
 from .gradients import GradientOverflowError, LossScale, loss_and_gradient
 from .inference_tensors import release_inference_tensors
 from .inputs import GuidanceConfig, PromptBindings
+from .model_loading import require_classic, single_device
 from .report import GuidanceReport, StepRecord
 from .step_plan import UNSUPPORTED_SAMPLERS, first_evaluation_calls
 
 log = logging.getLogger("binding_guidance")
-
-
-class BindingGuidanceError(RuntimeError):
-    """A configuration problem found before sampling starts; the message names the input and the fix."""
 
 
 def sampler_name_of(sampler: Any) -> str:
@@ -201,7 +199,7 @@ class GuidanceRun:
             loss_scale=self.loss_scale,
         )
         self._capture = _PendingCapture(capture, sigma.detach().clone(), denoise_mask)
-        return capture.model_options(model_options)
+        return capture.model_options(single_device(model_options))
 
     def after_call(self, step: int) -> None:
         """Fast mode: turn the gradient captured during this step's model call into next step's update."""
@@ -254,7 +252,7 @@ class GuidanceRun:
 
     def _loss(self, x: torch.Tensor, sigma: torch.Tensor, model_options: dict, step: int) -> Any:
         self.recorder.reset()
-        options = self.recorder.model_options_with_patches(model_options)
+        options = self.recorder.model_options_with_patches(single_device(model_options))
         if self.config.guidance_attention == "sdpa":
             options = with_differentiable_attention(options)
         try:
@@ -398,6 +396,7 @@ class BindingGuidedSampler(comfy.samplers.Sampler):
         if not run.active:
             log.info("Binding guidance: the prompt has no bindings; sampling without guidance.")
         else:
+            require_classic(getattr(model_wrap, "model_patcher", None))
             replaced = release_inference_tensors(model_wrap.inner_model)
             if replaced:
                 log.debug("Binding guidance: made %d inference-mode weights usable for backward.", replaced)

@@ -10,9 +10,11 @@ import comfy.utils
 import latent_preview
 
 from ..attention_patch import require_unet
+from ..guidance.errors import BindingGuidanceError
 from ..guidance.inputs import GuidanceConfig, PromptBindings
+from ..guidance.model_loading import classic_model
 from ..guidance.previews import attention_panels, last_maps, loss_curve, word_maps
-from ..guidance.sampler import BindingGuidanceError, BindingGuidedSampler
+from ..guidance.sampler import BindingGuidedSampler
 
 CATEGORY = "sampling/binding_guidance"
 
@@ -105,6 +107,7 @@ class BindingGuidedKSampler:
                config: GuidanceConfig) -> dict:
         require_unet(model)  # refuse DiT/MMDiT models by name before anything is loaded
         check_bindings_match(bindings, positive)
+        model = classic_model(model)  # guidance needs weights that a backward pass can use (no dynamic VRAM)
         sampler = BindingGuidedSampler(comfy.samplers.sampler_object(sampler_name), bindings, config)
         latent = comfy.sample.fix_empty_latent_channels(model, latent_image["samples"])
         noise = comfy.sample.prepare_noise(latent, seed, latent_image.get("batch_index"))
