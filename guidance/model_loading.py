@@ -50,10 +50,6 @@ class _ClassicCopies:
         self._source = weakref.ref(model_patcher)
         self._copy = copy
 
-    def clear(self) -> None:
-        self._source = None
-        self._copy = None
-
 
 _classic_copies = _ClassicCopies()
 
