@@ -34,6 +34,7 @@ step overhead_sd15_512 110 "$py" benchmarks/guidance_overhead.py --device cuda -
 step overhead_sdxl_1024 160 "$py" benchmarks/guidance_overhead.py --device cuda --arch sdxl --dtype fp16 \
     --latent 128 --steps 20 --repeats 2
 step gradient_precision 80 "$py" benchmarks/gradient_precision.py --device cuda --latent 64
-TAIL=15 step gpu_tests 200 "$py" -m pytest tests/test_cuda.py tests/test_loss_scale.py tests/test_model_lifecycle.py tests/test_fast_mode.py \
+TAIL=15 step gpu_tests 200 "$py" -m pytest tests/test_cuda.py tests/test_loss_scale.py tests/test_model_lifecycle.py tests/test_model_loading.py \
+    tests/test_fast_mode.py \
     tests/test_guided_sampler.py -q -rfs
 TAIL=4 step profile_sd15_512 90 "$py" benchmarks/profile_guidance.py --device cuda --dtype fp16 --latent 64 --rows 25

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import torch
-from guided_runs import prompt_case, sample_guided
+from guided_runs import assert_same_prediction, prompt_case, sample_guided
 
 
 def _dynamic_patcher_class() -> type:
@@ -99,8 +99,11 @@ def test_the_ksampler_node_guides_a_classic_clone_of_a_dynamic_model(harness: An
     again = _ksampler_node(harness, setup, setup["dynamic"])
     assert dynamic_class.classic_clones == 1
     classic = _ksampler_node(harness, setup, setup["model"])
-    assert torch.equal(from_dynamic, classic)
-    assert torch.equal(again, classic)
+    for result in (from_dynamic, again):
+        if setup["model"].load_device.type == "cpu":
+            assert torch.equal(result, classic)
+        else:  # a GPU's attention backward accumulates with atomics: equal to the dtype's rounding
+            assert_same_prediction(result, classic, setup["model"])
     guided_without_bindings = harness.module("guidance.inputs").PromptBindings(
         prompt=setup["bindings"].prompt,
         layout=harness.module("binding_losses.types").TokenLayout(bindings=(), prompt_positions=()),
