@@ -15,7 +15,6 @@ the guidance pass always runs on the model's own device.
 from __future__ import annotations
 
 import logging
-import weakref
 from typing import Any
 
 from .errors import BindingGuidanceError
@@ -31,27 +30,8 @@ def is_dynamic(model_patcher: Any) -> bool:
     return bool(check()) if callable(check) else False
 
 
-class _ClassicCopies:
-    """The classic copy of the last dynamic model guided, so that re-running a workflow does not reload it.
-
-    One entry: a second model replaces the first, which bounds the memory this can hold to one model.
-    """
-
-    def __init__(self) -> None:
-        self._source: weakref.ref | None = None
-        self._copy: Any = None
-
-    def get(self, model_patcher: Any) -> Any | None:
-        if self._source is not None and self._source() is model_patcher:
-            return self._copy
-        return None
-
-    def put(self, model_patcher: Any, copy: Any) -> None:
-        self._source = weakref.ref(model_patcher)
-        self._copy = copy
-
-
-_classic_copies = _ClassicCopies()
+_CLASSIC_COPY = "_binding_guidance_classic_copy"
+"""Attribute of a dynamic-VRAM patcher that holds its classic copy, so that the copy lives exactly as long as it."""
 
 
 def classic_model(model_patcher: Any) -> Any:
@@ -61,8 +41,8 @@ def classic_model(model_patcher: Any) -> Any:
     """
     if not is_dynamic(model_patcher):
         return model_patcher
-    cached = _classic_copies.get(model_patcher)
-    if cached is not None:
+    cached = getattr(model_patcher, _CLASSIC_COPY, None)
+    if cached is not None:  # re-running a workflow: no second reload
         return cached
     try:
         copy = model_patcher.clone(disable_dynamic=True)
@@ -77,7 +57,7 @@ def classic_model(model_patcher: Any) -> Any:
             f"{_DISABLE_FLAG}."
         )
     log.info("Binding guidance: the model uses dynamic VRAM; guiding a classically loaded copy of it.")
-    _classic_copies.put(model_patcher, copy)
+    setattr(model_patcher, _CLASSIC_COPY, copy)
     return copy
 
 

@@ -8,6 +8,8 @@ that the pack's handling of them runs through real sampling; everything else is 
 
 from __future__ import annotations
 
+import gc
+import weakref
 from typing import Any
 
 import pytest
@@ -125,6 +127,22 @@ def test_a_dynamic_model_comfyui_cannot_reload_gets_a_clear_error(harness: Any, 
             _ksampler_node(harness, setup, other)
     finally:
         dynamic_class.reload_error = None
+
+
+def test_the_classic_copy_lives_as_long_as_the_model_it_was_made_from(harness: Any, setup: dict) -> None:
+    """Re-running reuses the copy; once ComfyUI lets the dynamic model go, the copy (a whole model) goes too."""
+    loading = harness.module("guidance.model_loading")
+    source = setup["model"].clone()
+    source.__class__ = setup["dynamic_class"]
+    copy = loading.classic_model(source)
+    assert copy is not source
+    assert not loading.is_dynamic(copy)
+    assert loading.classic_model(source) is copy
+    assert loading.classic_model(source.clone()) is not copy  # a clone may carry other patches: its own copy
+    copy_alive = weakref.ref(copy)
+    del copy, source
+    gc.collect()
+    assert copy_alive() is None
 
 
 def test_models_without_dynamic_vram_are_used_as_they_are(harness: Any, setup: dict) -> None:
