@@ -13,6 +13,16 @@ import torch
 PROMPT = "a pink sunflower and a yellow flamingo"
 
 
+def fresh_model(harness: Any, checkpoint: str) -> tuple[Any, Any]:
+    """MODEL and CLIP loaded anew from ``checkpoint``: weights still as ComfyUI's loader made them (inference tensors).
+
+    The session's shared ``sd15`` fixture is not that: the first guided test releases its weights.
+    """
+    with torch.inference_mode():
+        model, clip, _ = harness.node("CheckpointLoaderSimple").load_checkpoint(checkpoint)[:3]
+    return model, clip
+
+
 def prompt_case(harness: Any, model: Any, clip: Any) -> dict:
     """``model``, encoded positive/negative conditioning and the hand-aligned bindings of :data:`PROMPT`."""
     types = harness.module("binding_losses.types")

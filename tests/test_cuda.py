@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import torch
-from guided_runs import assert_same_prediction, prompt_case, sample_guided, sample_stock
+from guided_runs import assert_same_prediction, fresh_model, prompt_case, sample_guided, sample_stock
 
 pytestmark = pytest.mark.skipif(
     os.environ.get("BINDING_GUIDANCE_DEVICE") != "cuda" or not torch.cuda.is_available(),
@@ -24,8 +24,7 @@ LATENT = torch.zeros(1, 4, 32, 32)
 
 @pytest.fixture(scope="module")
 def setup(harness: Any, tiny_checkpoint: str) -> dict:
-    with torch.inference_mode():
-        model, clip, _ = harness.node("CheckpointLoaderSimple").load_checkpoint(tiny_checkpoint)[:3]
+    model, clip = fresh_model(harness, tiny_checkpoint)
     inputs = harness.module("guidance.inputs")
     objectives = harness.module("binding_losses.objectives")
     return {

@@ -13,20 +13,12 @@ from typing import Any
 
 import pytest
 import torch
-from guided_runs import prompt_case, sample_guided
+from guided_runs import fresh_model, prompt_case, sample_guided
 
 
 @pytest.fixture(scope="module")
-def fresh_model(harness: Any, tiny_checkpoint: str) -> tuple[Any, Any]:
-    """A model of its own (the shared ``sd15`` fixture's weights were released by earlier tests)."""
-    with torch.inference_mode():
-        model, clip, _ = harness.node("CheckpointLoaderSimple").load_checkpoint(tiny_checkpoint)[:3]
-    return model, clip
-
-
-@pytest.fixture(scope="module")
-def setup(harness: Any, fresh_model: tuple) -> dict:
-    model, clip = fresh_model
+def setup(harness: Any, tiny_checkpoint: str) -> dict:
+    model, clip = fresh_model(harness, tiny_checkpoint)
     inputs = harness.module("guidance.inputs")
     objectives = harness.module("binding_losses.objectives")
     return {

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import torch
-from guided_runs import assert_same_prediction, prompt_case, sample_guided
+from guided_runs import assert_same_prediction, fresh_model, prompt_case, sample_guided
 
 
 def _dynamic_patcher_class() -> type:
@@ -46,8 +46,7 @@ def _dynamic_patcher_class() -> type:
 
 @pytest.fixture(scope="module")
 def setup(harness: Any, tiny_checkpoint: str) -> dict:
-    with torch.inference_mode():
-        model, clip, _ = harness.node("CheckpointLoaderSimple").load_checkpoint(tiny_checkpoint)[:3]
+    model, clip = fresh_model(harness, tiny_checkpoint)
     inputs = harness.module("guidance.inputs")
     objectives = harness.module("binding_losses.objectives")
     dynamic_class = _dynamic_patcher_class()
