@@ -5,8 +5,8 @@ CPU memory and every forward casts them into GPU buffers that are reused or evic
 Guidance keeps a graph from its forward to its backward, and that graph holds the weights it multiplied with. Under
 dynamic VRAM those may be inference tensors (cached by an earlier plain forward) or buffers that are overwritten
 before the backward runs, so the pass would fail, or give a wrong gradient without an error. Guidance therefore runs
-on a classically loaded model, the way ComfyUI's own nodes (hooks, torch.compile) do: ``clone(disable_dynamic=True)``
-rebuilds the model with the classic memory manager, keeping its patches (LoRAs) and options.
+on a classically loaded model, as ComfyUI's own TorchCompileModel node does: ``clone(disable_dynamic=True)`` rebuilds
+the model with the classic memory manager, keeping its patches (LoRAs) and options.
 
 ComfyUI's multi-GPU option splits a step's conditionings across GPUs in worker threads that run without gradients;
 the guidance pass always runs on the model's own device.

@@ -23,6 +23,13 @@ def fresh_model(harness: Any, checkpoint: str) -> tuple[Any, Any]:
     return model, clip
 
 
+def syngen_config(harness: Any, objective: dict | None = None, **options: Any) -> Any:
+    """A SynGen ``GuidanceConfig``: ``objective`` goes to ``make_objective``, ``options`` to ``GuidanceConfig``."""
+    inputs = harness.module("guidance.inputs")
+    objectives = harness.module("binding_losses.objectives")
+    return inputs.GuidanceConfig(objective=objectives.make_objective("syngen", **(objective or {})), **options)
+
+
 def prompt_case(harness: Any, model: Any, clip: Any) -> dict:
     """``model``, encoded positive/negative conditioning and the hand-aligned bindings of :data:`PROMPT`."""
     types = harness.module("binding_losses.types")

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import torch
-from guided_runs import assert_same_prediction, fresh_model, prompt_case, sample_guided, sample_stock
+from guided_runs import assert_same_prediction, fresh_model, prompt_case, sample_guided, sample_stock, syngen_config
 
 pytestmark = pytest.mark.skipif(
     os.environ.get("BINDING_GUIDANCE_DEVICE") != "cuda" or not torch.cuda.is_available(),
@@ -25,17 +25,13 @@ LATENT = torch.zeros(1, 4, 32, 32)
 @pytest.fixture(scope="module")
 def setup(harness: Any, tiny_checkpoint: str) -> dict:
     model, clip = fresh_model(harness, tiny_checkpoint)
-    inputs = harness.module("guidance.inputs")
-    objectives = harness.module("binding_losses.objectives")
     return {
         **prompt_case(harness, model, clip),
         # Keyed by (mode, scale factor). A large step shows the loss going down: on a random-weight model the
         # default step (20) moves the loss less than fp16 rounding does.
         "configs": {
-            (mode, scale): inputs.GuidanceConfig(
-                objective=objectives.make_objective("syngen", scale_factor=scale),
-                mode=mode,
-                measure_after_step=mode == "faithful",
+            (mode, scale): syngen_config(
+                harness, {"scale_factor": scale}, mode=mode, measure_after_step=mode == "faithful"
             )
             for mode in ("faithful", "fast")
             for scale in (20.0, 1000.0)

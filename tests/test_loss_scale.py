@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import torch
 from binding_guidance.guidance.gradients import GradientOverflowError, LossScale, loss_and_gradient
-from guided_runs import assert_same_prediction, prompt_case, sample_guided
+from guided_runs import assert_same_prediction, prompt_case, sample_guided, syngen_config
 
 
 def _fp16_chain(leaf: torch.Tensor, *factors: float) -> SimpleNamespace:
@@ -76,15 +76,9 @@ def case(harness: Any, sd15: tuple) -> dict:
     return prompt_case(harness, model, clip)
 
 
-def _config(harness: Any, mode: str) -> Any:
-    inputs = harness.module("guidance.inputs")
-    objectives = harness.module("binding_losses.objectives")
-    return inputs.GuidanceConfig(objective=objectives.make_objective("syngen"), mode=mode)
-
-
 def test_faithful_mode_repeats_the_guidance_pass_after_an_overflow(harness: Any, case: dict) -> None:
     forced = _ForcedScale(harness)
-    config = _config(harness, "faithful")
+    config = syngen_config(harness, mode="faithful")
     reference, reference_report = sample_guided(harness, case, config)
     out, report = sample_guided(harness, case, config, sampler_class=forced.sampler_class)
     (run,) = forced.runs
@@ -96,7 +90,7 @@ def test_faithful_mode_repeats_the_guidance_pass_after_an_overflow(harness: Any,
 
 def test_fast_mode_skips_the_update_of_a_step_whose_gradient_overflowed(harness: Any, case: dict) -> None:
     forced = _ForcedScale(harness)
-    out, report = sample_guided(harness, case, _config(harness, "fast"), sampler_class=forced.sampler_class)
+    out, report = sample_guided(harness, case, syngen_config(harness, mode="fast"), sampler_class=forced.sampler_class)
     (run,) = forced.runs
     assert report.steps[0].stepped is False
     assert run.loss_scale.value < 1e40

@@ -13,20 +13,15 @@ from typing import Any
 
 import pytest
 import torch
-from guided_runs import fresh_model, prompt_case, sample_guided
+from guided_runs import fresh_model, prompt_case, sample_guided, syngen_config
 
 
 @pytest.fixture(scope="module")
 def setup(harness: Any, tiny_checkpoint: str) -> dict:
     model, clip = fresh_model(harness, tiny_checkpoint)
-    inputs = harness.module("guidance.inputs")
-    objectives = harness.module("binding_losses.objectives")
     return {
         **prompt_case(harness, model, clip),
-        "configs": {
-            mode: inputs.GuidanceConfig(objective=objectives.make_objective("syngen"), mode=mode)
-            for mode in ("faithful", "fast")
-        },
+        "configs": {mode: syngen_config(harness, mode=mode) for mode in ("faithful", "fast")},
     }
 
 

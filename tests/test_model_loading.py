@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import torch
-from guided_runs import assert_same_prediction, fresh_model, prompt_case, sample_guided
+from guided_runs import assert_same_prediction, fresh_model, prompt_case, sample_guided, syngen_config
 
 
 def _dynamic_patcher_class() -> type:
@@ -47,8 +47,6 @@ def _dynamic_patcher_class() -> type:
 @pytest.fixture(scope="module")
 def setup(harness: Any, tiny_checkpoint: str) -> dict:
     model, clip = fresh_model(harness, tiny_checkpoint)
-    inputs = harness.module("guidance.inputs")
-    objectives = harness.module("binding_losses.objectives")
     dynamic_class = _dynamic_patcher_class()
     dynamic = model.clone()
     dynamic.__class__ = dynamic_class
@@ -56,7 +54,7 @@ def setup(harness: Any, tiny_checkpoint: str) -> dict:
         **prompt_case(harness, model, clip),
         "dynamic": dynamic,
         "dynamic_class": dynamic_class,
-        "config": inputs.GuidanceConfig(objective=objectives.make_objective("syngen")),
+        "config": syngen_config(harness),
     }
 
 
