@@ -159,10 +159,16 @@ def main() -> None:
         stop_early: bool = True,
         attention: str = "sdpa",
         mode: str = "faithful",
+        convolution: str = "auto",
     ) -> float:
         if guided_fraction is None:
             return bench.run(steps)
-        options = {"stop_forward_early": stop_early, "guidance_attention": attention, "mode": mode}
+        options = {
+            "stop_forward_early": stop_early,
+            "guidance_attention": attention,
+            "mode": mode,
+            "cpu_convolution": convolution,
+        }
         return bench.run(steps, bench.config(guided_fraction, **options))
 
     per_step_steps = 4
@@ -172,10 +178,16 @@ def main() -> None:
         "guided_full_forward": (per_step_steps, 1.0, False),
         "guided_comfy_attention": (per_step_steps, 1.0, True, "comfy"),
         "fast_steps": (per_step_steps, 1.0, True, "sdpa", "fast"),
+        "guided_default_convolution": (per_step_steps, 1.0, True, "sdpa", "faithful", "default"),
+        "fast_default_convolution": (per_step_steps, 1.0, True, "sdpa", "fast", "default"),
         "plain_run": (args.steps, None),
         "guided_run": (args.steps, 0.5),
         "fast_run": (args.steps, 0.5, True, "sdpa", "fast"),
     }
+
+    if args.device != "cpu":  # the convolution choice only exists on CPU
+        del variants["guided_default_convolution"], variants["fast_default_convolution"]
+    cpu_convolution = importlib.import_module("binding_guidance.guidance.cpu_convolution")
 
     run(2, None)  # warm-up (model load, kernels)
     plain_peak = peak_memory_mb(args.device)
@@ -202,6 +214,7 @@ def main() -> None:
     guided_full_forward, guided_comfy_attention = times["guided_full_forward"], times["guided_comfy_attention"]
     fast_steps, plain_run, guided_run = times["fast_steps"], times["plain_run"], times["guided_run"]
     fast_run_time = times["fast_run"]
+    default_convolution = {name: times.get(f"{name}_default_convolution", math.inf) for name in ("guided", "fast")}
 
     faithful_step = guided_steps / plain_steps
     faithful_run = guided_run / plain_run
@@ -220,6 +233,19 @@ def main() -> None:
         f"guided step with the full guidance forward {guided_full_forward / per_step_steps:.3f} s; "
         f"with ComfyUI's attention kernel in the guidance pass {guided_comfy_attention / per_step_steps:.3f} s",
         f"fast-mode step {fast_steps / per_step_steps:.3f} s",
+        *(
+            [
+                f"convolution kernels of the guidance pass timed per shape once "
+                f"({cpu_convolution.tuning_seconds():.2f} s, {cpu_convolution.native_share()}); "
+                f"with PyTorch's default kernel instead: faithful step "
+                f"{default_convolution['guided'] / per_step_steps:.3f} s "
+                f"(ratio {default_convolution['guided'] / plain_steps:.3f}), fast step "
+                f"{default_convolution['fast'] / per_step_steps:.3f} s "
+                f"(ratio {default_convolution['fast'] / plain_steps:.3f})"
+            ]
+            if args.device == "cpu"
+            else []
+        ),
         f"per-step ratio faithful {faithful_step:.3f} (full forward: {guided_full_forward / plain_steps:.3f}), "
         f"fast {fast_step:.3f}",
         f"{args.steps}-step run, {math.ceil(args.steps / 2)} guided: plain {plain_run:.2f} s, "

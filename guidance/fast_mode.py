@@ -23,6 +23,7 @@ from ..attention_patch import AttentionRecorder
 from ..attention_patch.differentiable_attention import with_differentiable_attention
 from ..attention_patch.layers import CrossAttentionLayer
 from ..binding_losses.types import AttentionLevel
+from .cpu_convolution import guidance_convolutions
 from .gradients import GradientOverflowError, LossScale, loss_and_gradient
 
 log = logging.getLogger("binding_guidance")
@@ -100,6 +101,7 @@ class ConditionalGradientCapture:
         previous: ModelFunctionWrapper | None = None,
         differentiable_attention: bool = True,
         loss_scale: LossScale | None = None,
+        cpu_convolution: str = "auto",
     ) -> None:
         self.recorder = AttentionRecorder(layers, stop_early=False, on_complete=self._on_layers_recorded)
         self.loss_of_levels = loss_of_levels
@@ -107,6 +109,7 @@ class ConditionalGradientCapture:
         self.previous = previous
         self.differentiable_attention = differentiable_attention
         self.loss_scale = loss_scale
+        self.cpu_convolution = cpu_convolution
         self.captured: CapturedGradient | None = None
         self._leaf: torch.Tensor | None = None
 
@@ -154,7 +157,9 @@ class ConditionalGradientCapture:
             c["transformer_options"] = options["transformer_options"]
             model_input = leaf.to(args["input"].dtype)
             timestep = args["timestep"].clone()
-            output = self._run(apply_model, {**args, "input": model_input, "timestep": timestep, "c": c})
+            # The conditional forward is work the plain step does too: only its backward gets the timed kernels.
+            with guidance_convolutions(self.cpu_convolution, leaf.device, route_forward=False):
+                output = self._run(apply_model, {**args, "input": model_input, "timestep": timestep, "c": c})
             self._leaf = None
             if self.captured is None:
                 raise RuntimeError("Fast binding guidance: the recorded attention layers did not run.")

@@ -45,6 +45,9 @@ class GuidanceConfig:
     guidance_attention: str = "sdpa"
     """Attention kernel of the guidance pass outside the recorded layers: "sdpa" (PyTorch, has a backward on every
     device) or "comfy" (whatever ComfyUI selected for inference)."""
+    cpu_convolution: str = "auto"
+    """Convolution kernel of the guidance pass's differentiable part on CPU: "auto" (time oneDNN against PyTorch's
+    native kernel once per shape, use the faster), "default" (PyTorch's choice, as ComfyUI's passes) or "native"."""
     stop_below: float | None = None
     """Early exit: stop guiding once the loss at a guided step is below this value (None: never)."""
     mode: str = "faithful"

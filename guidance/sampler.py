@@ -26,6 +26,7 @@ from ..attention_patch import (
 from ..attention_patch.differentiable_attention import with_differentiable_attention
 from ..binding_losses.types import TokenLayout
 from ..tokens import find_words
+from .cpu_convolution import guidance_convolutions
 from .errors import BindingGuidanceError
 from .fast_mode import ConditionalGradientCapture
 from .gradients import GradientOverflowError, LossScale, loss_and_gradient
@@ -197,6 +198,7 @@ class GuidanceRun:
             previous=model_options.get("model_function_wrapper"),
             differentiable_attention=self.config.guidance_attention == "sdpa",
             loss_scale=self.loss_scale,
+            cpu_convolution=self.config.cpu_convolution,
         )
         self._capture = _PendingCapture(capture, sigma.detach().clone(), denoise_mask)
         return capture.model_options(single_device(model_options))
@@ -256,7 +258,8 @@ class GuidanceRun:
         if self.config.guidance_attention == "sdpa":
             options = with_differentiable_attention(options)
         try:
-            comfy.samplers.calc_cond_batch(self.guider.inner_model, [self.positive], x, sigma, options)
+            with guidance_convolutions(self.config.cpu_convolution, x.device):
+                comfy.samplers.calc_cond_batch(self.guider.inner_model, [self.positive], x, sigma, options)
         except RecordingComplete:
             pass
         return self._objective_loss(self.recorder.levels(), step)

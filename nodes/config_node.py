@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..binding_losses.objectives import METHODS, ObjectiveChain, default_params, make_objective
+from ..guidance.cpu_convolution import CPU_CONVOLUTION_CHOICES
 from ..guidance.inputs import GuidanceConfig
 
 CATEGORY = "sampling/binding_guidance"
@@ -77,6 +78,10 @@ def build_config(
         guidance_attention = extra.pop("guidance_attention", None)
         if guidance_attention not in (None, "sdpa", "comfy"):
             raise ValueError(f"guidance_attention must be 'sdpa' or 'comfy', got {guidance_attention!r}")
+        cpu_convolution = extra.pop("cpu_convolution", None)
+        if cpu_convolution not in (None, *CPU_CONVOLUTION_CHOICES):
+            choices = "', '".join(CPU_CONVOLUTION_CHOICES)
+            raise ValueError(f"cpu_convolution must be '{choices}', got {cpu_convolution!r}")
         main_factor = extra.pop("main_factor", None)
         if main_factor is not None and (not isinstance(main_factor, int) or main_factor not in (1, 2, 4, 8)):
             raise ValueError(
@@ -97,6 +102,8 @@ def build_config(
         main_factor = previous.main_factor if previous is not None else 4
     if guidance_attention is None:
         guidance_attention = previous.guidance_attention if previous is not None else "sdpa"
+    if cpu_convolution is None:
+        cpu_convolution = previous.cpu_convolution if previous is not None else "auto"
     if stop_below is None and previous is not None:
         stop_below = previous.stop_below
     return GuidanceConfig(
@@ -104,6 +111,7 @@ def build_config(
         subject_words=subject_words,
         main_factor=int(main_factor),
         guidance_attention=guidance_attention,
+        cpu_convolution=cpu_convolution,
         measure_after_step=measure_after_step,
         stop_below=None if stop_below is None else float(stop_below),
         mode=guidance_mode,

@@ -60,7 +60,9 @@ def test_parse_bindings_finds_both_pairs_and_the_text_attention(graph_parts: dic
 @pytest.mark.parametrize("method", list(CASES))
 def test_method_lowers_its_loss(harness: Any, graph_parts: dict, method: str) -> None:
     config_node = harness.module("nodes.config_node")
-    step_size = 5.0 if method == "tsam" else 20.0
+    # T-SAM's loss on the tiny random model is nearly flat in the latent: at step size 5 or 20 a step moves it by
+    # ±1e-7 of 0.017, which is float rounding (it changes with the convolution kernel); at 2000 it drops 4e-6.
+    step_size = 2000.0 if method == "tsam" else 20.0
     config = config_node.build_config(method, step_size, 0.5, CASES[method] + "\nmeasure_after_step = true")
     report = _run(harness, graph_parts, config)
     stepped = [r for r in report.steps if r.stepped]

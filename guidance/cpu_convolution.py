@@ -1,0 +1,250 @@
+"""Convolution kernels for the guidance pass's own work on CPU, chosen per shape by timing.
+
+On CPU, PyTorch runs ``conv2d`` through oneDNN. ComfyUI's plain passes use a batch of two latents (cond and
+uncond); the guidance pass runs the conditional latent alone and also needs the input gradient. For that batch of
+one, oneDNN's 3×3 kernels on the deep, low-resolution UNet layers (1280 to 2560 channels at 8×8 or 4×4) measured
+2–4× slower, forward and backward, than PyTorch's own im2col kernel on a 2-core VM, while oneDNN wins on the wide
+high-resolution layers. Which one wins depends on the CPU and its thread count, so :func:`faster_kernels` times both
+once per convolution shape, forward and input gradient separately, and the faster one runs. Both compute the same
+convolution; results differ by float rounding only.
+
+What is routed is the work that exists only because of guidance: convolutions whose input requires grad, under
+grad mode, on CPU, with weights that need no gradient; in fast mode only their backward, because its forward is
+the step's own conditional prediction. ComfyUI's own passes keep PyTorch's kernel. A routed convolution also keeps
+less for the backward: its weight, not its input.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.overrides import TorchFunctionMode
+
+log = logging.getLogger("binding_guidance")
+
+CPU_CONVOLUTION_CHOICES = ("auto", "default", "native")
+"""``auto``: time oneDNN against PyTorch's native kernel per shape and use the faster; ``default``: PyTorch's choice
+(oneDNN), as in ComfyUI's own passes; ``native``: always PyTorch's native kernel."""
+
+_NATIVE_MARGIN = 0.75
+"""The native kernel is taken only when it is at least 25 % faster. The shapes that matter differ by 2–4× (measured
+on a 2-core VM); near-ties would flip with timing noise from one ComfyUI start to the next, and each flip changes
+the results at float-rounding level."""
+
+
+@dataclass(frozen=True)
+class Kernels:
+    """The kernel of a convolution's forward and of its input-gradient backward: True is oneDNN, False PyTorch's
+    native kernel, None whatever PyTorch is set to (``torch.backends.mkldnn.enabled``)."""
+
+    forward: bool | None
+    backward: bool | None
+
+
+# (shapes, conv parameters, dtype, threads) → the faster kernels. One per process, like cudnn.benchmark's.
+_CHOICES: dict[tuple, Kernels] = {}
+_tuning = {"seconds": 0.0}
+
+
+def tuning_seconds() -> float:
+    """Wall time this process has spent timing kernels so far (it is spent once per convolution shape)."""
+    return _tuning["seconds"]
+
+
+def native_share() -> str:
+    """How many timed shapes run a direction on the native kernel, as "native for N of M shapes"."""
+    native = sum(1 for kernels in _CHOICES.values() if False in (kernels.forward, kernels.backward))
+    return f"native for {native} of {len(_CHOICES)} shapes"
+
+
+def onednn_available() -> bool:
+    """Whether this PyTorch build can run convolutions through oneDNN (otherwise there is nothing to choose)."""
+    return bool(torch.backends.mkldnn.is_available())
+
+
+@contextmanager
+def _onednn(enabled: bool | None):
+    if enabled is None:
+        yield
+        return
+    previous = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = enabled
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = previous
+
+
+class _KernelConvolution(torch.autograd.Function):
+    """``conv2d`` with the kernels of its forward and of its input-gradient backward fixed."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        stride: tuple[int, int],
+        padding: tuple[int, int],
+        dilation: tuple[int, int],
+        groups: int,
+        kernels: Kernels,
+    ) -> torch.Tensor:
+        with _onednn(kernels.forward):
+            output = torch.nn.functional.conv2d(x, weight, bias, stride, padding, dilation, groups)
+        ctx.save_for_backward(weight)
+        ctx.input_shape = x.shape
+        ctx.params = (stride, padding, dilation, groups, kernels.backward)
+        return output
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple:  # type: ignore[override]
+        (weight,) = ctx.saved_tensors
+        stride, padding, dilation, groups, backward_onednn = ctx.params
+        with _onednn(backward_onednn):
+            grad_input = torch.nn.grad.conv2d_input(
+                ctx.input_shape, weight, grad_output.contiguous(), stride, padding, dilation, groups
+            )
+        return grad_input, None, None, None, None, None, None, None
+
+
+def _pair(value: int | Sequence[int]) -> tuple[int, int] | None:
+    if isinstance(value, int):
+        return (value, value)
+    if isinstance(value, (tuple, list)) and len(value) == 2 and all(isinstance(v, int) for v in value):
+        return (int(value[0]), int(value[1]))
+    return None
+
+
+def kernel_convolution(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    dilation: tuple[int, int],
+    groups: int,
+    kernels: Kernels,
+) -> torch.Tensor:
+    """``conv2d(x, weight, bias, ...)`` on the given ``kernels``, differentiable with respect to ``x`` only."""
+    return _KernelConvolution.apply(x, weight, bias, stride, padding, dilation, groups, kernels)
+
+
+def _seconds_per_direction(
+    use_onednn: bool, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, params: tuple
+) -> tuple[float, float]:
+    probe = x.detach().clone().requires_grad_(True)
+    kernels = Kernels(use_onednn, use_onednn)
+
+    def one_pass() -> tuple[float, float]:
+        started = time.perf_counter()
+        output = kernel_convolution(probe, weight, bias, *params, kernels)
+        middle = time.perf_counter()
+        torch.autograd.grad(output, probe, torch.ones_like(output))
+        return middle - started, time.perf_counter() - middle
+
+    if use_onednn:
+        one_pass()  # oneDNN builds and caches a primitive on the first call of a shape; the native kernel has none
+    return one_pass()
+
+
+def faster_kernels(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, params: tuple) -> Kernels:
+    """The faster kernel for this convolution's forward and for its input gradient, timed once per shape."""
+    key = (tuple(x.shape), tuple(weight.shape), params, x.dtype, torch.get_num_threads())
+    kernels = _CHOICES.get(key)
+    if kernels is None:
+        started = time.perf_counter()
+        onednn = _seconds_per_direction(True, x, weight, bias, params)
+        native = _seconds_per_direction(False, x, weight, bias, params)
+        kernels = Kernels(*(not n < _NATIVE_MARGIN * o for o, n in zip(onednn, native, strict=True)))
+        _CHOICES[key] = kernels
+        _tuning["seconds"] += time.perf_counter() - started
+        log.debug(
+            "Binding guidance: conv %s×%s %s: forward oneDNN %.1f / native %.1f ms, backward %.1f / %.1f ms → %s",
+            tuple(x.shape),
+            tuple(weight.shape),
+            params,
+            onednn[0] * 1e3,
+            native[0] * 1e3,
+            onednn[1] * 1e3,
+            native[1] * 1e3,
+            kernels,
+        )
+    return kernels
+
+
+class GuidanceConvolutions(TorchFunctionMode):
+    """While active, CPU convolutions that build a graph for the input gradient run on the faster kernels.
+
+    ``force``: None times both kernels per shape; True or False fixes oneDNN or the native kernel (tests).
+    ``route_forward``: False keeps PyTorch's kernel for the forward and routes only the backward. Fast mode's
+    conditional forward is work a plain step also does, so it keeps ComfyUI's kernel there.
+    """
+
+    def __init__(self, force: bool | None = None, route_forward: bool = True) -> None:
+        super().__init__()
+        self.force = force
+        self.route_forward = route_forward
+        self.routed = 0
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        if func is torch.conv2d:
+            routed = self._route(*args, **kwargs)
+            if routed is not None:
+                return routed
+        return func(*args, **kwargs)
+
+    def _route(
+        self,
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None = None,
+        stride: Any = 1,
+        padding: Any = 0,
+        dilation: Any = 1,
+        groups: int = 1,
+    ) -> torch.Tensor | None:
+        if not (torch.is_grad_enabled() and x.requires_grad and x.device.type == "cpu" and x.ndim == 4):
+            return None
+        if weight.requires_grad or (bias is not None and bias.requires_grad) or weight.is_inference():
+            return None  # weight gradients, or weights autograd may not save: PyTorch's own path decides
+        pairs = (_pair(stride), _pair(padding), _pair(dilation))
+        if any(pair is None for pair in pairs) or not isinstance(groups, int):
+            return None  # e.g. padding="same": leave it to PyTorch
+        params = (*pairs, groups)
+        kernels = Kernels(self.force, self.force) if self.force is not None else faster_kernels(x, weight, bias, params)
+        if not self.route_forward:
+            kernels = Kernels(None, kernels.backward)
+        self.routed += 1
+        return kernel_convolution(x, weight, bias, *params, kernels)
+
+
+@contextmanager
+def guidance_convolutions(choice: str, device: torch.device, route_forward: bool = True):
+    """The convolution routing of a guidance pass for ``choice`` (see ``CPU_CONVOLUTION_CHOICES``) on ``device``;
+    a no-op off CPU, with ``choice="default"``, or without oneDNN. ``route_forward`` as in GuidanceConvolutions."""
+    if choice not in CPU_CONVOLUTION_CHOICES:
+        raise ValueError(f"cpu_convolution must be one of {', '.join(CPU_CONVOLUTION_CHOICES)}, got {choice!r}")
+    if choice == "default" or device.type != "cpu" or not onednn_available():
+        yield None
+        return
+    before = tuning_seconds()
+    try:
+        mode = GuidanceConvolutions(force=False if choice == "native" else None, route_forward=route_forward)
+        with mode:
+            yield mode
+    finally:
+        if tuning_seconds() > before:
+            log.info(
+                "Binding guidance: timed the CPU convolution kernels of new shapes in %.1f s (once per shape; %s so "
+                "far). Set 'cpu_convolution = default' in Binding Loss Config's advanced to skip this.",
+                tuning_seconds() - before,
+                native_share(),
+            )
