@@ -155,7 +155,7 @@ def main() -> None:
 
     def run(
         steps: int,
-        guided_fraction: float | None,
+        guided_fraction: float | str | None,
         stop_early: bool = True,
         attention: str = "sdpa",
         mode: str = "faithful",
@@ -163,6 +163,9 @@ def main() -> None:
     ) -> float:
         if guided_fraction is None:
             return bench.run(steps)
+        if guided_fraction == "native":  # reference only: ComfyUI's plain pass with oneDNN off altogether
+            with torch.backends.mkldnn.flags(enabled=False):
+                return bench.run(steps)
         options = {
             "stop_forward_early": stop_early,
             "guidance_attention": attention,
@@ -180,6 +183,7 @@ def main() -> None:
         "fast_steps": (per_step_steps, 1.0, True, "sdpa", "fast"),
         "guided_default_convolution": (per_step_steps, 1.0, True, "sdpa", "faithful", "default"),
         "fast_default_convolution": (per_step_steps, 1.0, True, "sdpa", "fast", "default"),
+        "plain_native_convolution": (per_step_steps, "native"),
         "plain_run": (args.steps, None),
         "guided_run": (args.steps, 0.5),
         "fast_run": (args.steps, 0.5, True, "sdpa", "fast"),
@@ -187,6 +191,7 @@ def main() -> None:
 
     if args.device != "cpu":  # the convolution choice only exists on CPU
         del variants["guided_default_convolution"], variants["fast_default_convolution"]
+        del variants["plain_native_convolution"]
     cpu_convolution = importlib.import_module("binding_guidance.guidance.cpu_convolution")
 
     run(2, None)  # warm-up (model load, kernels)
@@ -214,6 +219,7 @@ def main() -> None:
     guided_full_forward, guided_comfy_attention = times["guided_full_forward"], times["guided_comfy_attention"]
     fast_steps, plain_run, guided_run = times["fast_steps"], times["plain_run"], times["guided_run"]
     fast_run_time = times["fast_run"]
+    plain_native = times.get("plain_native_convolution", math.inf)
     default_convolution = {name: times.get(f"{name}_default_convolution", math.inf) for name in ("guided", "fast")}
 
     faithful_step = guided_steps / plain_steps
@@ -241,7 +247,10 @@ def main() -> None:
                 f"{default_convolution['guided'] / per_step_steps:.3f} s "
                 f"(ratio {default_convolution['guided'] / plain_steps:.3f}), fast step "
                 f"{default_convolution['fast'] / per_step_steps:.3f} s "
-                f"(ratio {default_convolution['fast'] / plain_steps:.3f})"
+                f"(ratio {default_convolution['fast'] / plain_steps:.3f})",
+                f"for reference, not done by the pack: a plain step with oneDNN off altogether (PyTorch's native "
+                f"convolution in ComfyUI's own pass) {plain_native / per_step_steps:.3f} s "
+                f"(ratio {plain_native / plain_steps:.3f})",
             ]
             if args.device == "cpu"
             else []

@@ -9,8 +9,9 @@ once per convolution shape, forward and input gradient separately, and the faste
 convolution; results differ by float rounding only.
 
 What is routed is the work that exists only because of guidance: convolutions whose input requires grad, under
-grad mode, on CPU, with weights that need no gradient; in fast mode only their backward, because its forward is
-the step's own conditional prediction. ComfyUI's own passes keep PyTorch's kernel. A routed convolution also keeps
+grad mode, on CPU, with weights that need no gradient. That is the faithful guidance pass and every backward, and
+in fast mode the part of the conditional batch-of-one forward that builds the graph (a plain step runs cond and
+uncond as one batch without a graph). ComfyUI's own passes keep PyTorch's kernel. A routed convolution also keeps
 less for the backward: its weight, not its input.
 """
 
@@ -41,10 +42,10 @@ the results at float-rounding level."""
 @dataclass(frozen=True)
 class Kernels:
     """The kernel of a convolution's forward and of its input-gradient backward: True is oneDNN, False PyTorch's
-    native kernel, None whatever PyTorch is set to (``torch.backends.mkldnn.enabled``)."""
+    native kernel."""
 
-    forward: bool | None
-    backward: bool | None
+    forward: bool
+    backward: bool
 
 
 # (shapes, conv parameters, dtype, threads) → the faster kernels. One per process, like cudnn.benchmark's.
@@ -69,10 +70,7 @@ def onednn_available() -> bool:
 
 
 @contextmanager
-def _onednn(enabled: bool | None):
-    if enabled is None:
-        yield
-        return
+def _onednn(enabled: bool):
     previous = torch.backends.mkldnn.enabled
     torch.backends.mkldnn.enabled = enabled
     try:
@@ -182,15 +180,12 @@ def faster_kernels(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
 class GuidanceConvolutions(TorchFunctionMode):
     """While active, CPU convolutions that build a graph for the input gradient run on the faster kernels.
 
-    ``force``: None times both kernels per shape; True or False fixes oneDNN or the native kernel (tests).
-    ``route_forward``: False keeps PyTorch's kernel for the forward and routes only the backward. Fast mode's
-    conditional forward is work a plain step also does, so it keeps ComfyUI's kernel there.
+    ``force``: None times both kernels per shape; True or False fixes oneDNN or the native kernel.
     """
 
-    def __init__(self, force: bool | None = None, route_forward: bool = True) -> None:
+    def __init__(self, force: bool | None = None) -> None:
         super().__init__()
         self.force = force
-        self.route_forward = route_forward
         self.routed = 0
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
@@ -220,16 +215,14 @@ class GuidanceConvolutions(TorchFunctionMode):
             return None  # e.g. padding="same": leave it to PyTorch
         params = (*pairs, groups)
         kernels = Kernels(self.force, self.force) if self.force is not None else faster_kernels(x, weight, bias, params)
-        if not self.route_forward:
-            kernels = Kernels(None, kernels.backward)
         self.routed += 1
         return kernel_convolution(x, weight, bias, *params, kernels)
 
 
 @contextmanager
-def guidance_convolutions(choice: str, device: torch.device, route_forward: bool = True):
+def guidance_convolutions(choice: str, device: torch.device):
     """The convolution routing of a guidance pass for ``choice`` (see ``CPU_CONVOLUTION_CHOICES``) on ``device``;
-    a no-op off CPU, with ``choice="default"``, or without oneDNN. ``route_forward`` as in GuidanceConvolutions."""
+    a no-op off CPU, with ``choice="default"``, or without oneDNN."""
     if choice not in CPU_CONVOLUTION_CHOICES:
         raise ValueError(f"cpu_convolution must be one of {', '.join(CPU_CONVOLUTION_CHOICES)}, got {choice!r}")
     if choice == "default" or device.type != "cpu" or not onednn_available():
@@ -237,7 +230,7 @@ def guidance_convolutions(choice: str, device: torch.device, route_forward: bool
         return
     before = tuning_seconds()
     try:
-        mode = GuidanceConvolutions(force=False if choice == "native" else None, route_forward=route_forward)
+        mode = GuidanceConvolutions(force=False if choice == "native" else None)
         with mode:
             yield mode
     finally:

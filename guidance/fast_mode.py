@@ -157,8 +157,9 @@ class ConditionalGradientCapture:
             c["transformer_options"] = options["transformer_options"]
             model_input = leaf.to(args["input"].dtype)
             timestep = args["timestep"].clone()
-            # The conditional forward is work the plain step does too: only its backward gets the timed kernels.
-            with guidance_convolutions(self.cpu_convolution, leaf.device, route_forward=False):
+            # This batch-of-one forward with a graph exists only for guidance (a plain step runs cond and uncond
+            # as one batch without one), so its graph part gets the timed kernels too.
+            with guidance_convolutions(self.cpu_convolution, leaf.device):
                 output = self._run(apply_model, {**args, "input": model_input, "timestep": timestep, "c": c})
             self._leaf = None
             if self.captured is None:

@@ -22,16 +22,14 @@ SHAPES = [
 ]
 
 
-def _stock_and_routed(
-    shape: tuple, force: bool | None, route_forward: bool = True
-) -> tuple[tuple, tuple, GuidanceConvolutions]:
+def _stock_and_routed(shape: tuple, force: bool | None) -> tuple[tuple, tuple, GuidanceConvolutions]:
     cin, cout, side, kernel, stride, padding, groups, has_bias = shape
     generator = torch.Generator().manual_seed(0)
     weight = torch.randn(cout, cin // groups, kernel, kernel, generator=generator) * 0.1
     bias = torch.randn(cout, generator=generator) if has_bias else None
     x = torch.randn(1, cin, side, side, generator=generator)
     results = []
-    mode = GuidanceConvolutions(force, route_forward)
+    mode = GuidanceConvolutions(force)
     for routing in (None, mode):
         leaf = x.clone().requires_grad_(True)
         if routing is None:
@@ -50,13 +48,6 @@ def test_routed_convolution_matches_pytorch_forward_and_input_gradient(shape: tu
     (out, grad), (routed_out, routed_grad), mode = _stock_and_routed(shape, force)
     assert mode.routed == 1
     assert torch.allclose(routed_out, out, rtol=1e-5, atol=1e-5 * float(out.abs().max()))
-    assert torch.allclose(routed_grad, grad, rtol=1e-5, atol=1e-5 * float(grad.abs().max()))
-
-
-def test_backward_only_routing_keeps_pytorchs_forward() -> None:
-    (out, grad), (routed_out, routed_grad), mode = _stock_and_routed(SHAPES[0], force=False, route_forward=False)
-    assert mode.routed == 1
-    assert torch.equal(routed_out, out)  # the forward ran on PyTorch's kernel, bit for bit
     assert torch.allclose(routed_grad, grad, rtol=1e-5, atol=1e-5 * float(grad.abs().max()))
 
 
@@ -118,8 +109,8 @@ def test_routing_is_off_for_default_choice_and_other_devices_and_rejects_unknown
         assert mode is None
     with guidance_convolutions("auto", torch.device("cpu")) as mode:
         assert isinstance(mode, GuidanceConvolutions) and mode.force is None
-    with guidance_convolutions("native", torch.device("cpu"), route_forward=False) as mode:
-        assert isinstance(mode, GuidanceConvolutions) and mode.force is False and not mode.route_forward
+    with guidance_convolutions("native", torch.device("cpu")) as mode:
+        assert isinstance(mode, GuidanceConvolutions) and mode.force is False
     with pytest.raises(ValueError, match="cpu_convolution must be one of auto, default, native, got 'onednn'"):
         with guidance_convolutions("onednn", torch.device("cpu")):
             pass
