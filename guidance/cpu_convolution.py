@@ -159,7 +159,10 @@ def faster_kernels(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     if kernels is None:
         started = time.perf_counter()
         onednn = _seconds_per_direction(True, x, weight, bias, params)
-        native = _seconds_per_direction(False, x, weight, bias, params)
+        try:
+            native = _seconds_per_direction(False, x, weight, bias, params)
+        except RuntimeError:  # a dtype or layout the native kernel lacks in some build: never fail mid-sample
+            native = (float("inf"), float("inf"))
         kernels = Kernels(*(not n < _NATIVE_MARGIN * o for o, n in zip(onednn, native, strict=True)))
         _CHOICES[key] = kernels
         _tuning["seconds"] += time.perf_counter() - started
