@@ -48,6 +48,16 @@ class Kernels:
     backward: bool
 
 
+@dataclass(frozen=True)
+class ConvolutionParams:
+    """``conv2d``'s arguments besides input, weight and bias, normalised to pairs."""
+
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    dilation: tuple[int, int]
+    groups: int
+
+
 # (shapes, conv parameters, dtype, threads) → the faster kernels. One per process, like cudnn.benchmark's.
 _CHOICES: dict[tuple, Kernels] = {}
 _tuning = {"seconds": 0.0}
@@ -88,28 +98,34 @@ class _KernelConvolution(torch.autograd.Function):
         x: torch.Tensor,
         weight: torch.Tensor,
         bias: torch.Tensor | None,
-        stride: tuple[int, int],
-        padding: tuple[int, int],
-        dilation: tuple[int, int],
-        groups: int,
+        params: ConvolutionParams,
         kernels: Kernels,
     ) -> torch.Tensor:
         with _onednn(kernels.forward):
-            output = torch.nn.functional.conv2d(x, weight, bias, stride, padding, dilation, groups)
+            output = torch.nn.functional.conv2d(
+                x, weight, bias, params.stride, params.padding, params.dilation, params.groups
+            )
         ctx.save_for_backward(weight)
         ctx.input_shape = x.shape
-        ctx.params = (stride, padding, dilation, groups, kernels.backward)
+        ctx.params = params
+        ctx.backward_onednn = kernels.backward
         return output
 
     @staticmethod
     def backward(ctx: Any, grad_output: torch.Tensor) -> tuple:  # type: ignore[override]
         (weight,) = ctx.saved_tensors
-        stride, padding, dilation, groups, backward_onednn = ctx.params
-        with _onednn(backward_onednn):
+        params: ConvolutionParams = ctx.params
+        with _onednn(ctx.backward_onednn):
             grad_input = torch.nn.grad.conv2d_input(
-                ctx.input_shape, weight, grad_output.contiguous(), stride, padding, dilation, groups
+                ctx.input_shape,
+                weight,
+                grad_output.contiguous(),
+                params.stride,
+                params.padding,
+                params.dilation,
+                params.groups,
             )
-        return grad_input, None, None, None, None, None, None, None
+        return grad_input, None, None, None, None
 
 
 def _pair(value: int | Sequence[int]) -> tuple[int, int] | None:
@@ -121,28 +137,21 @@ def _pair(value: int | Sequence[int]) -> tuple[int, int] | None:
 
 
 def kernel_convolution(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    stride: tuple[int, int],
-    padding: tuple[int, int],
-    dilation: tuple[int, int],
-    groups: int,
-    kernels: Kernels,
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, params: ConvolutionParams, kernels: Kernels
 ) -> torch.Tensor:
     """``conv2d(x, weight, bias, ...)`` on the given ``kernels``, differentiable with respect to ``x`` only."""
-    return _KernelConvolution.apply(x, weight, bias, stride, padding, dilation, groups, kernels)
+    return _KernelConvolution.apply(x, weight, bias, params, kernels)
 
 
 def _seconds_per_direction(
-    use_onednn: bool, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, params: tuple
+    use_onednn: bool, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, params: ConvolutionParams
 ) -> tuple[float, float]:
     probe = x.detach().clone().requires_grad_(True)
     kernels = Kernels(use_onednn, use_onednn)
 
     def one_pass() -> tuple[float, float]:
         started = time.perf_counter()
-        output = kernel_convolution(probe, weight, bias, *params, kernels)
+        output = kernel_convolution(probe, weight, bias, params, kernels)
         middle = time.perf_counter()
         torch.autograd.grad(output, probe, torch.ones_like(output))
         return middle - started, time.perf_counter() - middle
@@ -152,7 +161,9 @@ def _seconds_per_direction(
     return one_pass()
 
 
-def faster_kernels(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, params: tuple) -> Kernels:
+def faster_kernels(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, params: ConvolutionParams
+) -> Kernels:
     """The faster kernel for this convolution's forward and for its input gradient, timed once per shape."""
     key = (tuple(x.shape), tuple(weight.shape), params, x.dtype, torch.get_num_threads())
     kernels = _CHOICES.get(key)
@@ -216,10 +227,10 @@ class GuidanceConvolutions(TorchFunctionMode):
         pairs = (_pair(stride), _pair(padding), _pair(dilation))
         if any(pair is None for pair in pairs) or not isinstance(groups, int):
             return None  # e.g. padding="same": leave it to PyTorch
-        params = (*pairs, groups)
+        params = ConvolutionParams(*pairs, groups)  # type: ignore[arg-type]
         kernels = Kernels(self.force, self.force) if self.force is not None else faster_kernels(x, weight, bias, params)
         self.routed += 1
-        return kernel_convolution(x, weight, bias, *params, kernels)
+        return kernel_convolution(x, weight, bias, params, kernels)
 
 
 @contextmanager
