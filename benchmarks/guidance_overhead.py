@@ -26,6 +26,7 @@ import os
 import resource
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -155,16 +156,15 @@ def main() -> None:
 
     def run(
         steps: int,
-        guided_fraction: float | str | None,
+        guided_fraction: float | None,
         stop_early: bool = True,
         attention: str = "sdpa",
         mode: str = "faithful",
         convolution: str = "auto",
     ) -> float:
-        if guided_fraction is None:
-            return bench.run(steps)
-        if guided_fraction == "native":  # reference only: ComfyUI's plain pass with oneDNN off altogether
-            with torch.backends.mkldnn.flags(enabled=False):
+        if guided_fraction is None:  # "native" here: for reference only, ComfyUI's own pass with oneDNN off
+            kernel_setting = torch.backends.mkldnn.flags(enabled=False) if convolution == "native" else nullcontext()
+            with kernel_setting:
                 return bench.run(steps)
         options = {
             "stop_forward_early": stop_early,
@@ -183,7 +183,7 @@ def main() -> None:
         "fast_steps": (per_step_steps, 1.0, True, "sdpa", "fast"),
         "guided_default_convolution": (per_step_steps, 1.0, True, "sdpa", "faithful", "default"),
         "fast_default_convolution": (per_step_steps, 1.0, True, "sdpa", "fast", "default"),
-        "plain_native_convolution": (per_step_steps, "native"),
+        "plain_native_convolution": (per_step_steps, None, True, "sdpa", "faithful", "native"),
         "plain_run": (args.steps, None),
         "guided_run": (args.steps, 0.5),
         "fast_run": (args.steps, 0.5, True, "sdpa", "fast"),
