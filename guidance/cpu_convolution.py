@@ -10,9 +10,11 @@ convolution; results differ by float rounding only.
 
 What is routed is the work that exists only because of guidance: convolutions whose input requires grad, under
 grad mode, on CPU, with weights that need no gradient. That is the faithful guidance pass and every backward, and
-in fast mode the part of the conditional batch-of-one forward that builds the graph (a plain step runs cond and
-uncond as one batch without a graph). ComfyUI's own passes keep PyTorch's kernel. A routed convolution also keeps
-less for the backward: its weight, not its input.
+in fast mode the part of the conditional batch-of-one forward that builds the graph. Fast mode also splits the
+step's cond+uncond batch in two batches of one (a plain step runs them as one batch); with
+``forwards_without_graph`` the forward-only convolutions of those two halves are routed too, timed forward only.
+ComfyUI's own passes keep PyTorch's kernel. A routed convolution also keeps less for the backward: its weight, not
+its input.
 """
 
 from __future__ import annotations
@@ -60,6 +62,8 @@ class ConvolutionParams:
 
 # (shapes, conv parameters, dtype, threads) → the faster kernels. One per process, like cudnn.benchmark's.
 _CHOICES: dict[tuple, Kernels] = {}
+# The same key → whether oneDNN runs the forward, for shapes only ever run without a graph (timed forward only).
+_FORWARD_CHOICES: dict[tuple, bool] = {}
 _tuning = {"seconds": 0.0}
 
 
@@ -71,7 +75,8 @@ def tuning_seconds() -> float:
 def native_share() -> str:
     """How many timed shapes run a direction on the native kernel, as "native for N of M shapes"."""
     native = sum(1 for kernels in _CHOICES.values() if False in (kernels.forward, kernels.backward))
-    return f"native for {native} of {len(_CHOICES)} shapes"
+    native += sum(1 for onednn in _FORWARD_CHOICES.values() if not onednn)
+    return f"native for {native} of {len(_CHOICES) + len(_FORWARD_CHOICES)} shapes"
 
 
 def onednn_available() -> bool:
@@ -161,11 +166,20 @@ def _seconds_per_direction(
     return one_pass()
 
 
+def _shape_key(x: torch.Tensor, weight: torch.Tensor, params: ConvolutionParams) -> tuple:
+    return (tuple(x.shape), tuple(weight.shape), params, x.dtype, torch.get_num_threads())
+
+
+def _choose_by_timing(onednn: Sequence[float], native: Sequence[float]) -> list[bool]:
+    """Per direction: True (oneDNN) unless the native kernel is at least ``1 - _NATIVE_MARGIN`` faster."""
+    return [not n < _NATIVE_MARGIN * o for o, n in zip(onednn, native, strict=True)]
+
+
 def faster_kernels(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, params: ConvolutionParams
 ) -> Kernels:
     """The faster kernel for this convolution's forward and for its input gradient, timed once per shape."""
-    key = (tuple(x.shape), tuple(weight.shape), params, x.dtype, torch.get_num_threads())
+    key = _shape_key(x, weight, params)
     kernels = _CHOICES.get(key)
     if kernels is None:
         started = time.perf_counter()
@@ -174,7 +188,7 @@ def faster_kernels(
             native = _seconds_per_direction(False, x, weight, bias, params)
         except RuntimeError:  # a dtype or layout the native kernel lacks in some build: never fail mid-sample
             native = (float("inf"), float("inf"))
-        kernels = Kernels(*(not n < _NATIVE_MARGIN * o for o, n in zip(onednn, native, strict=True)))
+        kernels = Kernels(*_choose_by_timing(onednn, native))
         _CHOICES[key] = kernels
         _tuning["seconds"] += time.perf_counter() - started
         log.debug(
@@ -191,15 +205,67 @@ def faster_kernels(
     return kernels
 
 
+def _forward_seconds(
+    use_onednn: bool, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, params: ConvolutionParams
+) -> float:
+    def one_pass() -> float:
+        started = time.perf_counter()
+        with _onednn(use_onednn):
+            torch.nn.functional.conv2d(x, weight, bias, params.stride, params.padding, params.dilation, params.groups)
+        return time.perf_counter() - started
+
+    if use_onednn:
+        one_pass()  # the primitive is built on the first call of a shape, as in _seconds_per_direction
+    return one_pass()
+
+
+def faster_forward_kernel(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, params: ConvolutionParams
+) -> bool:
+    """Whether oneDNN is the faster kernel for this convolution's forward (True) or the native one (False).
+
+    A shape already timed with its backward keeps that forward choice; others are timed forward only, once.
+    """
+    key = _shape_key(x, weight, params)
+    kernels = _CHOICES.get(key)
+    if kernels is not None:
+        return kernels.forward
+    onednn = _FORWARD_CHOICES.get(key)
+    if onednn is None:
+        started = time.perf_counter()
+        with torch.no_grad():
+            onednn_seconds = _forward_seconds(True, x, weight, bias, params)
+            try:
+                native_seconds = _forward_seconds(False, x, weight, bias, params)
+            except RuntimeError:
+                native_seconds = float("inf")
+        (onednn,) = _choose_by_timing([onednn_seconds], [native_seconds])
+        _FORWARD_CHOICES[key] = onednn
+        _tuning["seconds"] += time.perf_counter() - started
+        log.debug(
+            "Binding guidance: conv %s×%s %s without a graph: forward oneDNN %.1f / native %.1f ms → oneDNN %s",
+            tuple(x.shape),
+            tuple(weight.shape),
+            params,
+            onednn_seconds * 1e3,
+            native_seconds * 1e3,
+            onednn,
+        )
+    return onednn
+
+
 class GuidanceConvolutions(TorchFunctionMode):
     """While active, CPU convolutions that build a graph for the input gradient run on the faster kernels.
 
     ``force``: None times both kernels per shape; True or False fixes oneDNN or the native kernel.
+    ``forwards_without_graph``: route convolutions that build no graph as well (their forward only); for the
+    batch-of-one halves of a CFG batch that fast mode splits.
     """
 
-    def __init__(self, force: bool | None = None) -> None:
+    def __init__(self, force: bool | None = None, forwards_without_graph: bool = False) -> None:
         super().__init__()
         self.force = force
+        self.forwards_without_graph = forwards_without_graph
         self.routed = 0
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
@@ -220,23 +286,35 @@ class GuidanceConvolutions(TorchFunctionMode):
         dilation: Any = 1,
         groups: int = 1,
     ) -> torch.Tensor | None:
-        if not (torch.is_grad_enabled() and x.requires_grad and x.device.type == "cpu" and x.ndim == 4):
+        if not (x.device.type == "cpu" and x.ndim == 4):
             return None
-        if weight.requires_grad or (bias is not None and bias.requires_grad) or weight.is_inference():
-            return None  # weight gradients, or weights autograd may not save: PyTorch's own path decides
         pairs = (_pair(stride), _pair(padding), _pair(dilation))
         if any(pair is None for pair in pairs) or not isinstance(groups, int):
             return None  # e.g. padding="same": leave it to PyTorch
         params = ConvolutionParams(*pairs, groups)  # type: ignore[arg-type]
-        kernels = Kernels(self.force, self.force) if self.force is not None else faster_kernels(x, weight, bias, params)
+        weights_need_grad = weight.requires_grad or (bias is not None and bias.requires_grad)
+        if torch.is_grad_enabled() and (x.requires_grad or weights_need_grad):
+            if not x.requires_grad or weights_need_grad or weight.is_inference():
+                return None  # weight gradients, or weights autograd may not save: PyTorch's own path decides
+            if self.force is None:
+                kernels = faster_kernels(x, weight, bias, params)
+            else:
+                kernels = Kernels(self.force, self.force)
+            self.routed += 1
+            return kernel_convolution(x, weight, bias, params, kernels)
+        if not self.forwards_without_graph:
+            return None
+        onednn = self.force if self.force is not None else faster_forward_kernel(x, weight, bias, params)
         self.routed += 1
-        return kernel_convolution(x, weight, bias, params, kernels)
+        with _onednn(onednn):
+            return torch.nn.functional.conv2d(x, weight, bias, *pairs, groups)
 
 
 @contextmanager
-def guidance_convolutions(choice: str, device: torch.device):
+def guidance_convolutions(choice: str, device: torch.device, forwards_without_graph: bool = False):
     """The convolution routing of a guidance pass for ``choice`` (see ``CPU_CONVOLUTION_CHOICES``) on ``device``;
-    a no-op off CPU, with ``choice="default"``, or without oneDNN."""
+    a no-op off CPU, with ``choice="default"``, or without oneDNN. ``forwards_without_graph``: see
+    :class:`GuidanceConvolutions`."""
     if choice not in CPU_CONVOLUTION_CHOICES:
         raise ValueError(f"cpu_convolution must be one of {', '.join(CPU_CONVOLUTION_CHOICES)}, got {choice!r}")
     if choice == "default" or device.type != "cpu" or not onednn_available():
@@ -244,7 +322,9 @@ def guidance_convolutions(choice: str, device: torch.device):
         return
     before = tuning_seconds()
     try:
-        mode = GuidanceConvolutions(force=False if choice == "native" else None)
+        mode = GuidanceConvolutions(
+            force=False if choice == "native" else None, forwards_without_graph=forwards_without_graph
+        )
         with mode:
             yield mode
     finally:

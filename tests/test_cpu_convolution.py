@@ -1,5 +1,6 @@
 """The guidance pass's CPU convolution routing: same convolution and gradient on either kernel, only where it
-builds a graph, timed once per shape, and no change to guided losses."""
+builds a graph (and, when asked, in fast mode's split batch), timed once per shape, and no change to guided
+losses."""
 
 from __future__ import annotations
 
@@ -66,6 +67,40 @@ def test_convolutions_without_a_graph_to_build_are_left_to_pytorch() -> None:
     assert float(weight_grad.abs().sum()) > 0
 
 
+@pytest.mark.parametrize("context", ["no_grad", "inference_mode"])
+def test_forwards_without_graph_are_routed_only_when_asked_and_timed_forward_only(context: str) -> None:
+    generator = torch.Generator().manual_seed(1)
+    weight = torch.randn(40, 40, 3, 3, generator=generator) * 0.1
+    bias = torch.randn(40, generator=generator)
+    side = 9 if context == "no_grad" else 10  # a shape of its own: each case times its shape anew
+    x = torch.randn(1, 40, side, side, generator=generator)
+    expected = torch.nn.functional.conv2d(x, weight, bias, padding=1)
+    forward_keys, graph_keys = len(cpu_convolution._FORWARD_CHOICES), len(cpu_convolution._CHOICES)
+    outputs = []
+    for forwards_without_graph in (False, True, True):
+        with GuidanceConvolutions(forwards_without_graph=forwards_without_graph) as mode:
+            with torch.no_grad() if context == "no_grad" else torch.inference_mode():
+                outputs.append(torch.nn.functional.conv2d(x, weight, bias, padding=1))
+        assert mode.routed == int(forwards_without_graph)
+        if forwards_without_graph:
+            assert len(cpu_convolution._FORWARD_CHOICES) == forward_keys + 1  # timed once, on first use
+    assert len(cpu_convolution._CHOICES) == graph_keys  # no backward was timed
+    for output in outputs:
+        assert torch.allclose(output, expected, rtol=1e-5, atol=1e-5 * float(expected.abs().max()))
+
+
+def test_forward_without_graph_reuses_the_forward_choice_of_a_shape_timed_with_its_backward() -> None:
+    weight = torch.randn(28, 28, 3, 3)
+    x = torch.randn(1, 28, 5, 5)
+    with GuidanceConvolutions(forwards_without_graph=True):
+        torch.nn.functional.conv2d(x.clone().requires_grad_(True), weight, padding=1)
+        forward_keys, seconds = len(cpu_convolution._FORWARD_CHOICES), cpu_convolution.tuning_seconds()
+        with torch.no_grad():
+            torch.nn.functional.conv2d(x, weight, padding=1)
+    assert len(cpu_convolution._FORWARD_CHOICES) == forward_keys
+    assert cpu_convolution.tuning_seconds() == seconds
+
+
 def test_routed_convolution_keeps_only_the_weight_for_its_backward() -> None:
     weight = torch.randn(16, 16, 3, 3)
     leaf = torch.randn(1, 16, 8, 8, requires_grad=True)
@@ -122,17 +157,23 @@ def test_kernel_choice_does_not_change_guided_losses_or_latents(harness: Any, sd
     "auto" times the tiny UNet's convolutions."""
     model, clip, _ = sd15
     case = prompt_case(harness, model, clip)
-    choices = harness.module("guidance.cpu_convolution")._CHOICES  # the module the sampler, as ComfyUI loaded it, uses
+    routing = harness.module("guidance.cpu_convolution")  # the module the sampler, as ComfyUI loaded it, uses
+    choices, forward_choices = routing._CHOICES, routing._FORWARD_CHOICES
     runs = {}
     for choice in ("default", "native", "auto"):
         if choice == "auto":
             choices.clear()  # earlier guided tests timed these shapes already: "auto" must time them anew
-        key_count = len(choices)
+            forward_choices.clear()
+        key_count = len(choices) + len(forward_choices)
         config = syngen_config(harness, {"scale_factor": 200.0}, mode=mode, cpu_convolution=choice)
         runs[choice] = sample_guided(harness, case, config, steps=4)
         if choice != "auto":
-            assert len(choices) == key_count  # only "auto" times kernels
+            assert len(choices) + len(forward_choices) == key_count  # only "auto" times kernels
     assert any(shapes[0][0] == 1 for shapes in choices)  # "auto" timed the conditional pass's convolutions
+    # Fast mode splits the CFG batch (CFG 5 here): the layers after the last recorded one ran as batches of one
+    # without a graph, on timed kernels. Faithful mode's own CFG pass is ComfyUI's, untouched.
+    assert (len(forward_choices) > 0) == (mode == "fast")
+    assert all(shapes[0][0] == 1 for shapes in forward_choices)
     (default_latent, default_report), (native_latent, native_report) = runs["default"], runs["native"]
     assert [s.stepped for s in native_report.steps] == [s.stepped for s in default_report.steps]
     assert any(s.stepped for s in native_report.steps)
