@@ -138,16 +138,18 @@ class ConditionalGradientCapture:
         split = len(chunks) > 1
         cond_call = _sub_call(args, cond_rows, [0], uuids and [uuids[first]])
         cond_output = self._run_conditional(apply_model, cond_call, split)
-        parts = []
-        # The other chunks run as their own smaller batch only because of this split; on CPU they get the kernels
-        # timed for that batch size (see guidance.cpu_convolution).
-        with guidance_convolutions(self.cpu_convolution, args["input"].device, forwards_without_graph=True):
-            if first > 0:
-                parts.append(self._run(apply_model, _sub_call(args, before, chunks[:first], uuids and uuids[:first])))
-            parts.append(cond_output)
-            if first + 1 < len(chunks):
-                rest = chunks[first + 1 :]
-                parts.append(self._run(apply_model, _sub_call(args, after, rest, uuids and uuids[first + 1 :])))
+        before_output = after_output = None
+        if split:
+            # The other chunks run as their own smaller batch only because of this split; on CPU they get the
+            # kernels timed for that batch size (see guidance.cpu_convolution).
+            with guidance_convolutions(self.cpu_convolution, args["input"].device, forwards_without_graph=True):
+                if first > 0:
+                    before_call = _sub_call(args, before, chunks[:first], uuids and uuids[:first])
+                    before_output = self._run(apply_model, before_call)
+                if first + 1 < len(chunks):
+                    after_call = _sub_call(args, after, chunks[first + 1 :], uuids and uuids[first + 1 :])
+                    after_output = self._run(apply_model, after_call)
+        parts = [part for part in (before_output, cond_output, after_output) if part is not None]
         return torch.cat(parts) if len(parts) > 1 else parts[0]
 
     def _run_conditional(self, apply_model: Callable, args: dict, split: bool) -> torch.Tensor:

@@ -61,9 +61,10 @@ def sample_guided(
     latent: torch.Tensor | None = None,
     noise_mask: torch.Tensor | None = None,
     sampler_class: type | None = None,
+    cfg: float = 5.0,
 ) -> tuple[torch.Tensor, Any]:
-    """Sample with a BindingGuidedSampler (or ``sampler_class``) around ``sampler_name`` (CFG 5, seed 7); returns
-    (latent, report)."""
+    """Sample with a BindingGuidedSampler (or ``sampler_class``) around ``sampler_name`` (CFG ``cfg``, seed 7);
+    returns (latent, report)."""
     import comfy.sample
     import comfy.samplers
 
@@ -81,7 +82,7 @@ def sample_guided(
         out = comfy.sample.sample_custom(
             model,
             noise,
-            5.0,
+            cfg,
             sampler,
             sigmas,
             case["positive"],

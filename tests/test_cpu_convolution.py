@@ -185,6 +185,21 @@ def test_kernel_choice_does_not_change_guided_losses_or_latents(harness: Any, sd
     assert not torch.equal(native_latent, default_latent)  # the native kernel did run: rounding differs
 
 
+def test_fast_mode_without_a_cfg_batch_to_split_leaves_forwards_without_graph_alone(harness: Any, sd15: tuple) -> None:
+    """At CFG 1 ComfyUI runs the conditional chunk alone, as a plain step would: nothing of it is split off, so
+    only the graph part is routed."""
+    model, clip, _ = sd15
+    case = prompt_case(harness, model, clip)
+    routing = harness.module("guidance.cpu_convolution")
+    routing._CHOICES.clear()
+    routing._FORWARD_CHOICES.clear()
+    config = syngen_config(harness, {"scale_factor": 200.0}, mode="fast", cpu_convolution="auto")
+    _, report = sample_guided(harness, case, config, steps=3, cfg=1.0)
+    assert any(s.stepped for s in report.steps)
+    assert len(routing._CHOICES) > 0
+    assert len(routing._FORWARD_CHOICES) == 0
+
+
 def test_config_node_reads_cpu_convolution_from_advanced(harness: Any) -> None:
     config_node = harness.module("nodes.config_node")
     assert config_node.build_config("syngen", 20.0, 0.5).cpu_convolution == "auto"
