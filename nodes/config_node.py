@@ -199,7 +199,7 @@ class BindingLossConfig:
                     list(GUIDANCE_MODES),
                     {
                         "default": "faithful",
-                        "tooltip": "faithful: a separate gradient pass before each guided step, as in the papers. fast: the gradient comes from the step's own model call and moves the latent one step later; slightly weaker during the guided steps. Measured cost of a guided step: on a CPU faithful 1.6–1.65×, fast 1.25–1.4× a plain step; on an H100 (fp16, 512 px) faithful 2.8–3.1×, fast 3.1–3.2×, so on a GPU fast mode saves nothing: keep faithful. In a chain, the config connected to the sampler decides.",
+                        "tooltip": "faithful: a separate gradient pass before each guided step, as in the papers. fast: the gradient comes from the step's own model call and moves the latent one step later; slightly weaker during the guided steps. Measured cost of a guided step: on a CPU faithful 1.6–1.7×, fast 1.2–1.35× a plain step; on an H100 (fp16, 512 px) faithful 2.8–3.1×, fast 3.1–3.2×, so on a GPU fast mode saves nothing: keep faithful. In a chain, the config connected to the sampler decides.",
                     },
                 ),
             },
