@@ -175,6 +175,30 @@ def _choose_by_timing(onednn: Sequence[float], native: Sequence[float]) -> list[
     return [not n < _NATIVE_MARGIN * o for o, n in zip(onednn, native, strict=True)]
 
 
+def _log_timing(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    params: ConvolutionParams,
+    directions: str,
+    onednn: Sequence[float],
+    native: Sequence[float],
+    choice: object,
+) -> None:
+    def milliseconds(seconds: Sequence[float]) -> str:
+        return " / ".join(f"{value * 1e3:.1f}" for value in seconds)
+
+    log.debug(
+        "Binding guidance: conv %s×%s %s (%s): oneDNN %s ms, native %s ms → %s",
+        tuple(x.shape),
+        tuple(weight.shape),
+        params,
+        directions,
+        milliseconds(onednn),
+        milliseconds(native),
+        choice,
+    )
+
+
 def faster_kernels(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, params: ConvolutionParams
 ) -> Kernels:
@@ -191,17 +215,7 @@ def faster_kernels(
         kernels = Kernels(*_choose_by_timing(onednn, native))
         _CHOICES[key] = kernels
         _tuning["seconds"] += time.perf_counter() - started
-        log.debug(
-            "Binding guidance: conv %s×%s %s: forward oneDNN %.1f / native %.1f ms, backward %.1f / %.1f ms → %s",
-            tuple(x.shape),
-            tuple(weight.shape),
-            params,
-            onednn[0] * 1e3,
-            native[0] * 1e3,
-            onednn[1] * 1e3,
-            native[1] * 1e3,
-            kernels,
-        )
+        _log_timing(x, weight, params, "forward, backward", onednn, native, kernels)
     return kernels
 
 
@@ -242,15 +256,7 @@ def faster_forward_kernel(
         (onednn,) = _choose_by_timing([onednn_seconds], [native_seconds])
         _FORWARD_CHOICES[key] = onednn
         _tuning["seconds"] += time.perf_counter() - started
-        log.debug(
-            "Binding guidance: conv %s×%s %s without a graph: forward oneDNN %.1f / native %.1f ms → oneDNN %s",
-            tuple(x.shape),
-            tuple(weight.shape),
-            params,
-            onednn_seconds * 1e3,
-            native_seconds * 1e3,
-            onednn,
-        )
+        _log_timing(x, weight, params, "forward only", [onednn_seconds], [native_seconds], f"oneDNN: {onednn}")
     return onednn
 
 
