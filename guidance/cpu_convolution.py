@@ -149,15 +149,24 @@ def kernel_convolution(
 
 
 def _seconds_per_direction(
-    use_onednn: bool, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, params: ConvolutionParams
-) -> tuple[float, float]:
-    probe = x.detach().clone().requires_grad_(True)
+    use_onednn: bool,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    params: ConvolutionParams,
+    backward: bool = True,
+) -> tuple[float, ...]:
+    """Seconds of one forward on one kernel, and with ``backward`` of its input-gradient backward."""
     kernels = Kernels(use_onednn, use_onednn)
+    probe = x.detach().clone().requires_grad_(True) if backward else x
 
-    def one_pass() -> tuple[float, float]:
+    def one_pass() -> tuple[float, ...]:
         started = time.perf_counter()
-        output = kernel_convolution(probe, weight, bias, params, kernels)
+        with torch.enable_grad() if backward else torch.no_grad():
+            output = kernel_convolution(probe, weight, bias, params, kernels)
         middle = time.perf_counter()
+        if not backward:
+            return (middle - started,)
         torch.autograd.grad(output, probe, torch.ones_like(output))
         return middle - started, time.perf_counter() - middle
 
@@ -170,33 +179,30 @@ def _shape_key(x: torch.Tensor, weight: torch.Tensor, params: ConvolutionParams)
     return (tuple(x.shape), tuple(weight.shape), params, x.dtype, torch.get_num_threads())
 
 
-def _choose_by_timing(onednn: Sequence[float], native: Sequence[float]) -> list[bool]:
-    """Per direction: True (oneDNN) unless the native kernel is at least ``1 - _NATIVE_MARGIN`` faster."""
-    return [not n < _NATIVE_MARGIN * o for o, n in zip(onednn, native, strict=True)]
-
-
-def _log_timing(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    params: ConvolutionParams,
-    directions: str,
-    onednn: Sequence[float],
-    native: Sequence[float],
-    choice: object,
-) -> None:
-    def milliseconds(seconds: Sequence[float]) -> str:
-        return " / ".join(f"{value * 1e3:.1f}" for value in seconds)
-
+def _time_kernels(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, params: ConvolutionParams, backward: bool
+) -> list[bool]:
+    """Per timed direction (forward, then with ``backward`` the input gradient): True to run it on oneDNN, False
+    when the native kernel was at least ``1 - _NATIVE_MARGIN`` faster."""
+    started = time.perf_counter()
+    onednn = _seconds_per_direction(True, x, weight, bias, params, backward)
+    try:
+        native = _seconds_per_direction(False, x, weight, bias, params, backward)
+    except RuntimeError:  # a dtype or layout the native kernel lacks in some build: never fail mid-sample
+        native = tuple(float("inf") for _ in onednn)
+    choice = [not n < _NATIVE_MARGIN * o for o, n in zip(onednn, native, strict=True)]
+    _tuning["seconds"] += time.perf_counter() - started
     log.debug(
-        "Binding guidance: conv %s×%s %s (%s): oneDNN %s ms, native %s ms → %s",
+        "Binding guidance: conv %s×%s %s: oneDNN %s ms, native %s ms (%s) → oneDNN %s",
         tuple(x.shape),
         tuple(weight.shape),
         params,
-        directions,
-        milliseconds(onednn),
-        milliseconds(native),
+        " / ".join(f"{seconds * 1e3:.1f}" for seconds in onednn),
+        " / ".join(f"{seconds * 1e3:.1f}" for seconds in native),
+        "forward / backward" if backward else "forward only",
         choice,
     )
+    return choice
 
 
 def faster_kernels(
@@ -204,33 +210,9 @@ def faster_kernels(
 ) -> Kernels:
     """The faster kernel for this convolution's forward and for its input gradient, timed once per shape."""
     key = _shape_key(x, weight, params)
-    kernels = _CHOICES.get(key)
-    if kernels is None:
-        started = time.perf_counter()
-        onednn = _seconds_per_direction(True, x, weight, bias, params)
-        try:
-            native = _seconds_per_direction(False, x, weight, bias, params)
-        except RuntimeError:  # a dtype or layout the native kernel lacks in some build: never fail mid-sample
-            native = (float("inf"), float("inf"))
-        kernels = Kernels(*_choose_by_timing(onednn, native))
-        _CHOICES[key] = kernels
-        _tuning["seconds"] += time.perf_counter() - started
-        _log_timing(x, weight, params, "forward, backward", onednn, native, kernels)
-    return kernels
-
-
-def _forward_seconds(
-    use_onednn: bool, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, params: ConvolutionParams
-) -> float:
-    def one_pass() -> float:
-        started = time.perf_counter()
-        with _onednn(use_onednn):
-            torch.nn.functional.conv2d(x, weight, bias, params.stride, params.padding, params.dilation, params.groups)
-        return time.perf_counter() - started
-
-    if use_onednn:
-        one_pass()  # the primitive is built on the first call of a shape, as in _seconds_per_direction
-    return one_pass()
+    if key not in _CHOICES:
+        _CHOICES[key] = Kernels(*_time_kernels(x, weight, bias, params, backward=True))
+    return _CHOICES[key]
 
 
 def faster_forward_kernel(
@@ -241,23 +223,11 @@ def faster_forward_kernel(
     A shape already timed with its backward keeps that forward choice; others are timed forward only, once.
     """
     key = _shape_key(x, weight, params)
-    kernels = _CHOICES.get(key)
-    if kernels is not None:
-        return kernels.forward
-    onednn = _FORWARD_CHOICES.get(key)
-    if onednn is None:
-        started = time.perf_counter()
-        with torch.no_grad():
-            onednn_seconds = _forward_seconds(True, x, weight, bias, params)
-            try:
-                native_seconds = _forward_seconds(False, x, weight, bias, params)
-            except RuntimeError:
-                native_seconds = float("inf")
-        (onednn,) = _choose_by_timing([onednn_seconds], [native_seconds])
-        _FORWARD_CHOICES[key] = onednn
-        _tuning["seconds"] += time.perf_counter() - started
-        _log_timing(x, weight, params, "forward only", [onednn_seconds], [native_seconds], f"oneDNN: {onednn}")
-    return onednn
+    if key in _CHOICES:
+        return _CHOICES[key].forward
+    if key not in _FORWARD_CHOICES:
+        (_FORWARD_CHOICES[key],) = _time_kernels(x, weight, bias, params, backward=False)
+    return _FORWARD_CHOICES[key]
 
 
 class GuidanceConvolutions(TorchFunctionMode):
