@@ -135,26 +135,24 @@ class ConditionalGradientCapture:
         before, after = slice(0, first * size), slice((first + 1) * size, batch)
         cond_rows = slice(first * size, (first + 1) * size)
 
+        # On CPU the graph part of the conditional forward runs on timed convolution kernels: a plain step has no
+        # graph. When the call is split, every chunk, the conditional remainder included, runs as a smaller batch
+        # than a plain step's only because of guidance, so its forward-only convolutions get them too.
         split = len(chunks) > 1
-        cond_call = _sub_call(args, cond_rows, [0], uuids and [uuids[first]])
-        cond_output = self._run_conditional(apply_model, cond_call, split)
         before_output = after_output = None
-        if split:
-            # The other chunks run as their own smaller batch only because of this split; on CPU they get the
-            # kernels timed for that batch size (see guidance.cpu_convolution).
-            with guidance_convolutions(self.cpu_convolution, args["input"].device, forwards_without_graph=True):
-                if first > 0:
-                    before_call = _sub_call(args, before, chunks[:first], uuids and uuids[:first])
-                    before_output = self._run(apply_model, before_call)
-                if first + 1 < len(chunks):
-                    after_call = _sub_call(args, after, chunks[first + 1 :], uuids and uuids[first + 1 :])
-                    after_output = self._run(apply_model, after_call)
+        with guidance_convolutions(self.cpu_convolution, args["input"].device, forwards_without_graph=split):
+            cond_output = self._run_conditional(apply_model, _sub_call(args, cond_rows, [0], uuids and [uuids[first]]))
+            if first > 0:
+                before_call = _sub_call(args, before, chunks[:first], uuids and uuids[:first])
+                before_output = self._run(apply_model, before_call)
+            if first + 1 < len(chunks):
+                after_call = _sub_call(args, after, chunks[first + 1 :], uuids and uuids[first + 1 :])
+                after_output = self._run(apply_model, after_call)
         parts = [part for part in (before_output, cond_output, after_output) if part is not None]
         return torch.cat(parts) if len(parts) > 1 else parts[0]
 
-    def _run_conditional(self, apply_model: Callable, args: dict, split: bool) -> torch.Tensor:
-        """The conditional chunk's forward with a graph up to the last recorded layer; ``split``: the call had
-        other chunks, so this forward's no-graph remainder is a smaller batch than a plain step's as well."""
+    def _run_conditional(self, apply_model: Callable, args: dict) -> torch.Tensor:
+        """The conditional chunk's forward, with a graph up to the last recorded layer."""
         self.recorder.reset()
         with torch.inference_mode(False), torch.enable_grad():
             leaf = args["input"].detach().clone().float().requires_grad_(True)
@@ -166,10 +164,7 @@ class ConditionalGradientCapture:
             c["transformer_options"] = options["transformer_options"]
             model_input = leaf.to(args["input"].dtype)
             timestep = args["timestep"].clone()
-            # This forward with a graph exists only for guidance (a plain step runs cond and uncond as one batch
-            # without one), so its graph part gets the timed kernels too.
-            with guidance_convolutions(self.cpu_convolution, leaf.device, forwards_without_graph=split):
-                output = self._run(apply_model, {**args, "input": model_input, "timestep": timestep, "c": c})
+            output = self._run(apply_model, {**args, "input": model_input, "timestep": timestep, "c": c})
             self._leaf = None
             if self.captured is None:
                 raise RuntimeError("Fast binding guidance: the recorded attention layers did not run.")
