@@ -36,7 +36,8 @@ def _spatial_size(extra_options: dict, factor: int, query_length: int) -> tuple[
     raise RuntimeError(f"Cannot infer the spatial size of an attention layer with {query_length} query positions.")
 
 
-def _conditional_rows(extra_options: dict, batch: int) -> list[int]:
+def conditional_rows(extra_options: dict, batch: int) -> list[int]:
+    """Batch rows of the conditional chunks (``cond_or_uncond`` 0) of a model call of ``batch`` rows."""
     cond_or_uncond = list(extra_options.get("cond_or_uncond") or [0])
     chunk = batch // len(cond_or_uncond)
     rows: list[int] = []
@@ -98,7 +99,7 @@ class AttentionRecorder:
 
     def _record(self, layer: CrossAttentionLayer, probs: torch.Tensor, extra_options: dict) -> None:
         batch, heads, queries, keys = probs.shape
-        rows = _conditional_rows(extra_options, batch)
+        rows = conditional_rows(extra_options, batch)
         height, width = _spatial_size(extra_options, layer.factor, queries)
         head_sum = probs[rows].sum(dim=1)  # [b, Nq, Nk]
         maps = head_sum.transpose(1, 2).reshape(len(rows), keys, height, width)

@@ -19,9 +19,8 @@ from typing import Any
 
 import torch
 
-from ..attention_patch import AttentionRecorder
+from ..attention_patch import AttentionCapture
 from ..attention_patch.differentiable_attention import with_differentiable_attention
-from ..attention_patch.layers import CrossAttentionLayer
 from ..binding_losses.types import AttentionLevel
 from .cpu_convolution import guidance_convolutions
 from .gradients import GradientOverflowError, LossScale, loss_and_gradient
@@ -95,7 +94,7 @@ class ConditionalGradientCapture:
 
     def __init__(
         self,
-        layers: list[CrossAttentionLayer],
+        attention: AttentionCapture,
         loss_of_levels: Callable[[dict[int, AttentionLevel]], Any],
         main_factor: int,
         previous: ModelFunctionWrapper | None = None,
@@ -103,7 +102,7 @@ class ConditionalGradientCapture:
         loss_scale: LossScale | None = None,
         cpu_convolution: str = "auto",
     ) -> None:
-        self.recorder = AttentionRecorder(layers, stop_early=False, on_complete=self._on_layers_recorded)
+        self.recorder = attention.recorder(stop_early=False, on_complete=self._on_layers_recorded)
         self.loss_of_levels = loss_of_levels
         self.main_factor = main_factor
         self.previous = previous
@@ -158,9 +157,10 @@ class ConditionalGradientCapture:
             leaf = args["input"].detach().clone().float().requires_grad_(True)
             self._leaf = leaf
             c = _own_tensors(args["c"])
-            options = self.recorder.model_options_with_patches({"transformer_options": c["transformer_options"]})
-            if self.differentiable_attention:
+            options = {"transformer_options": c["transformer_options"]}
+            if self.differentiable_attention:  # before the recorder's patches, which wrap this override
                 options = with_differentiable_attention(options)
+            options = self.recorder.model_options_with_patches(options)
             c["transformer_options"] = options["transformer_options"]
             model_input = leaf.to(args["input"].dtype)
             timestep = args["timestep"].clone()

@@ -55,4 +55,10 @@ class GuidanceConfig:
     comes from the conditional rows of the step's own model call and moves the latent one step later."""
     measure_after_step: bool = False
     """Re-run the guidance forward after each update to record the loss it reached (tests and benchmarks)."""
+    dit_blocks: tuple[tuple[str, int], ...] = ()
+    """Joint-attention (Flux) blocks whose maps are recorded, e.g. ``(("double", 0), ("single", 3))``; empty: the
+    family default (every double-stream block)."""
+    joint_normalization: str = "text"
+    """How a joint-attention map is normalised: "text" (softmax over the text keys only) or "joint" (the text
+    columns of the softmax over text and image keys); see ``attention_patch.joint_attention``."""
     description: str = field(default="")

@@ -16,13 +16,7 @@ import comfy.samplers
 import comfy.utils
 import torch
 
-from ..attention_patch import (
-    AttentionRecorder,
-    RecordingComplete,
-    choose_main_factor,
-    layers_at,
-    require_unet,
-)
+from ..attention_patch import RecordingComplete, capture_for_model
 from ..attention_patch.differentiable_attention import with_differentiable_attention
 from ..binding_losses.types import TokenLayout
 from ..tokens import find_words
@@ -144,13 +138,12 @@ class GuidanceRun:
         self.text_attention = bindings.text_self_attention
         self.num_steps = num_steps
         base_model = guider.inner_model
-        all_layers = require_unet(base_model)  # refuses DiT/MMDiT models, naming the family
-        self.main_factor = choose_main_factor(all_layers, config.main_factor)
-        wanted = {f for f in self.objective.levels(self.main_factor) if f >= 1}
-        self.layers = layers_at(all_layers, wanted)
-        if not self.layers:
-            raise BindingGuidanceError(f"The model has no cross-attention layers at factors {sorted(wanted)}.")
-        self.recorder = AttentionRecorder(self.layers, stop_early=config.stop_forward_early)
+        # The model family picks the capture (UNet cross-attention or DiT joint attention); unsupported
+        # families are refused here, by name, before the first model evaluation.
+        self.capture = capture_for_model(base_model, config.main_factor, self.objective.levels,
+                                         dit_blocks=config.dit_blocks, joint_normalization=config.joint_normalization)
+        self.main_factor = self.capture.main_factor
+        self.recorder = self.capture.recorder(stop_early=config.stop_forward_early)
         self.model_sampling = base_model.model_sampling
         self.loss_scale = LossScale.for_dtype(getattr(base_model, "manual_cast_dtype", None) or base_model.get_dtype())
         self.report = GuidanceReport(main_factor=self.main_factor, num_steps=num_steps)
@@ -192,7 +185,7 @@ class GuidanceRun:
             return model_options
         self._check_planned_sigma(sigma, step)
         capture = ConditionalGradientCapture(
-            self.layers,
+            self.capture,
             lambda levels: self._objective_loss(levels, step),
             self.main_factor,
             previous=model_options.get("model_function_wrapper"),
@@ -254,9 +247,11 @@ class GuidanceRun:
 
     def _loss(self, x: torch.Tensor, sigma: torch.Tensor, model_options: dict, step: int) -> Any:
         self.recorder.reset()
-        options = self.recorder.model_options_with_patches(single_device(model_options))
+        options = single_device(model_options)
         if self.config.guidance_attention == "sdpa":
+            # Before the recorder's patches: a joint-attention recorder wraps this override.
             options = with_differentiable_attention(options)
+        options = self.recorder.model_options_with_patches(options)
         try:
             with guidance_convolutions(self.config.cpu_convolution, x.device):
                 comfy.samplers.calc_cond_batch(self.guider.inner_model, [self.positive], x, sigma, options)

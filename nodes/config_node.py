@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..attention_patch.capture import parse_block_list
+from ..attention_patch.joint_attention import JOINT_NORMALIZATIONS
 from ..binding_losses.objectives import METHODS, ObjectiveChain, default_params, make_objective
 from ..guidance.cpu_convolution import CPU_CONVOLUTION_CHOICES
 from ..guidance.inputs import GuidanceConfig
@@ -87,6 +89,11 @@ def build_config(
             raise ValueError(
                 f"main_factor must be 1, 2, 4 or 8 (the attention level, 4 = 1/32 of the image side), got {main_factor!r}"
             )
+        dit_blocks = extra.pop("dit_blocks", None)
+        dit_blocks = None if dit_blocks is None else parse_block_list(str(dit_blocks))
+        joint_normalization = extra.pop("joint_normalization", None)
+        if joint_normalization not in (None, *JOINT_NORMALIZATIONS):
+            raise ValueError(f"joint_normalization must be 'text' or 'joint', got {joint_normalization!r}")
         params.update(extra)
         objective = make_objective(method, **params)
     except (TypeError, ValueError) as error:
@@ -106,6 +113,10 @@ def build_config(
         cpu_convolution = previous.cpu_convolution if previous is not None else "auto"
     if stop_below is None and previous is not None:
         stop_below = previous.stop_below
+    if dit_blocks is None:
+        dit_blocks = previous.dit_blocks if previous is not None else ()
+    if joint_normalization is None:
+        joint_normalization = previous.joint_normalization if previous is not None else "text"
     return GuidanceConfig(
         objective=ObjectiveChain(terms),
         subject_words=subject_words,
@@ -115,6 +126,8 @@ def build_config(
         measure_after_step=measure_after_step,
         stop_below=None if stop_below is None else float(stop_below),
         mode=guidance_mode,
+        dit_blocks=dit_blocks,
+        joint_normalization=joint_normalization,
         description=description,
     )
 

@@ -41,8 +41,13 @@ def parse_prompt_bindings(clip: Any, prompt: str, mode: str = "robust", spacy_mo
     warnings = tuple(parsed.warnings) + tuple(alignment.warnings)
     bindings = PromptBindings(prompt=prompt, layout=alignment.layout, entities=tuple(parsed.entities),
                               parser=parsed.parser, warnings=warnings, clean=clean, table=table,
-                              text_self_attention=clip_text_self_attention(clip, prompt))
+                              text_self_attention=_clip_self_attention(clip, prompt, table))
     return bindings, preview_text(bindings, table)
+
+
+def _clip_self_attention(clip: Any, prompt: str, table: Any) -> Any:
+    """T-SAM's CLIP text self-attention, when the layout's positions are CLIP positions (not Flux's T5 context)."""
+    return clip_text_self_attention(clip, prompt) if "t5xxl" not in table.encoders else None
 
 
 def preview_text(bindings: PromptBindings, table: Any) -> str:

@@ -9,7 +9,7 @@ import comfy.samplers
 import comfy.utils
 import latent_preview
 
-from ..attention_patch import require_unet
+from ..attention_patch import require_supported
 from ..guidance.errors import BindingGuidanceError
 from ..guidance.inputs import GuidanceConfig, PromptBindings
 from ..guidance.model_loading import classic_model
@@ -105,7 +105,7 @@ class BindingGuidedKSampler:
     def sample(self, model: Any, seed: int, steps: int, cfg: float, sampler_name: str, scheduler: str, positive: Any,
                negative: Any, latent_image: dict, denoise: float, bindings: PromptBindings,
                config: GuidanceConfig) -> dict:
-        require_unet(model)  # refuse DiT/MMDiT models by name before anything is loaded
+        require_supported(model)  # refuse unsupported DiT families by name before anything is loaded
         check_bindings_match(bindings, positive)
         model = classic_model(model)  # guidance needs weights that a backward pass can use (no dynamic VRAM)
         sampler = BindingGuidedSampler(comfy.samplers.sampler_object(sampler_name), bindings, config)

@@ -419,6 +419,8 @@ def _name_embeddings(raw: list[dict[str, Any]], text: str, active: bool, disable
 def token_table_for_clip(clip: Any, text: str, **tokenize_kwargs: Any) -> TokenTable:
     """Tokenize ``text`` with a ComfyUI ``CLIP`` object exactly as CLIPTextEncode does, and build its table.
 
+    The table addresses the conditioning context: CLIP chunks, or T5's tokens for a Flux.1 CLIP.
+
     Raises ``parsers.PromptError`` for text ComfyUI cannot tokenize (invalid Unicode, parentheses nested too deep).
     """
     check_text(text, "prompt")  # before ComfyUI's tokenizer, which fails with a TypeError on invalid text
@@ -428,4 +430,12 @@ def token_table_for_clip(clip: Any, text: str, **tokenize_kwargs: Any) -> TokenT
         raise PromptError("prompt: parentheses are nested too deeply for ComfyUI's tokenizer (it recurses once per "
                           "level, up to Python's recursion limit); remove some '(' / ')' or escape them as "
                           "\\( \\).") from exc
-    return token_table(output, text, clip, disable_weights=bool(tokenize_kwargs.get("disable_weights", False)))
+    disable_weights = bool(tokenize_kwargs.get("disable_weights", False))
+    from .t5_tokens import T5_KEY, t5_token_table
+
+    if T5_KEY in output and "g" in output:
+        raise PromptError("prompt: this CLIP is SD3's (CLIP-L/G and T5 contexts concatenated); binding guidance "
+                          "does not read SD3 yet. Use an SD1.x, SD2.x, SDXL or Flux.1 model.")
+    if T5_KEY in output:  # Flux.1: the context is T5's output; CLIP-L gives only the pooled vector
+        return t5_token_table(output, text, clip, disable_weights=disable_weights)
+    return token_table(output, text, clip, disable_weights=disable_weights)

@@ -1,0 +1,170 @@
+"""One interface from a model to its attention capture: UNet cross-attention or DiT joint attention.
+
+The sampler asks :func:`capture_for_model` once per run and then only talks to the returned
+:class:`AttentionCapture`: which level the losses read, and a fresh recorder for each guidance pass. Families that
+neither path serves are refused here, by name, before the first model evaluation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from .joint_attention import JointAttentionRecorder, JointBlock
+from .layers import (
+    CrossAttentionLayer,
+    UnsupportedModelError,
+    choose_main_factor,
+    layers_at,
+    model_family,
+    unet_cross_attention_layers,
+)
+from .recorder import AttentionRecorder
+
+FLUX_FAMILIES = ("Flux", "FluxInpaint", "FluxSchnell")
+"""ComfyUI model configs whose diffusion model is Flux.1 (dev, schnell, Fill/Kontext share these configs)."""
+
+
+class Recorder(Protocol):
+    """What both recorders offer the sampler."""
+
+    def reset(self) -> None: ...
+    def levels(self) -> dict: ...
+    def model_options_with_patches(self, model_options: dict) -> dict: ...
+
+
+class AttentionCapture(Protocol):
+    """A model family's attention capture, chosen once per sampling run."""
+
+    main_factor: int
+    description: str
+
+    def recorder(self, stop_early: bool, on_complete: Callable[[], None] | None = None) -> Recorder:
+        """A recorder of this capture's layers or blocks (one per guidance pass or fast-mode call)."""
+        ...
+
+
+@dataclass(frozen=True)
+class UNetCapture:
+    """Cross-attention (``attn2``) layers of a UNet at the levels the objective reads."""
+
+    layers: tuple[CrossAttentionLayer, ...]
+    main_factor: int
+
+    @property
+    def description(self) -> str:
+        return f"{len(self.layers)} UNet cross-attention layers"
+
+    def recorder(self, stop_early: bool, on_complete: Callable[[], None] | None = None) -> AttentionRecorder:
+        return AttentionRecorder(self.layers, stop_early=stop_early, on_complete=on_complete)
+
+
+@dataclass(frozen=True)
+class JointCapture:
+    """Image→text attention of chosen joint-attention blocks, pooled to the objective's levels."""
+
+    blocks: tuple[JointBlock, ...]
+    main_factor: int
+    factors: frozenset[int]
+    patch_size: int
+    normalization: str
+
+    @property
+    def description(self) -> str:
+        return f"joint attention of blocks {', '.join(block.label for block in self.blocks)}"
+
+    def recorder(self, stop_early: bool, on_complete: Callable[[], None] | None = None) -> JointAttentionRecorder:
+        return JointAttentionRecorder(self.blocks, set(self.factors), self.patch_size, self.normalization,
+                                      stop_early=stop_early, on_complete=on_complete)
+
+
+def flux_blocks(diffusion_model: Any) -> list[JointBlock]:
+    """Every joint-attention block of a Flux model in execution order: double-stream, then single-stream."""
+    heads = int(diffusion_model.num_heads)
+    double = [JointBlock("double", i, heads) for i in range(len(diffusion_model.double_blocks))]
+    single = [JointBlock("single", i, heads) for i in range(len(diffusion_model.single_blocks))]
+    return double + single
+
+
+def default_flux_blocks(blocks: Sequence[JointBlock]) -> list[JointBlock]:
+    """The double-stream blocks: text and image keep their own weights there (see docs/model_families.md)."""
+    return [block for block in blocks if block.kind == "double"]
+
+
+def select_blocks(available: Sequence[JointBlock], wanted: Sequence[tuple[str, int]] | None) -> list[JointBlock]:
+    """The blocks named in ``wanted`` (``("double", 3)``, ...), or the family default when it is empty."""
+    if not wanted:
+        return default_flux_blocks(available)
+    by_key = {block.key: block for block in available}
+    missing = [f"{kind} {index}" for kind, index in wanted if (kind, index) not in by_key]
+    if missing:
+        have = {kind: sum(1 for b in available if b.kind == kind) for kind in ("double", "single")}
+        raise UnsupportedModelError(
+            f"dit_blocks: the model has no block {', '.join(missing)} (it has double 0-{have['double'] - 1} and "
+            f"single 0-{have['single'] - 1}); name existing blocks, e.g. 'dit_blocks = double 0-3'."
+        )
+    return [by_key[key] for key in dict.fromkeys(wanted)]
+
+
+def _refuse(family: str, diffusion_model: Any) -> UnsupportedModelError:
+    name = type(diffusion_model).__name__
+    described = f"{family} (diffusion model {name})" if family != name else name
+    return UnsupportedModelError(
+        f"Binding guidance works on UNet models (SD1.x, SD2.x, SDXL) and Flux.1 only; the connected model is "
+        f"{described}, a transformer (DiT/MMDiT) whose attention it cannot read yet. Use a plain KSampler for "
+        "this model."
+    )
+
+
+def capture_for_model(
+    model: Any,
+    preferred_factor: int,
+    levels_of: Callable[[int], set[int]],
+    dit_blocks: Sequence[tuple[str, int]] | None = None,
+    joint_normalization: str = "text",
+) -> AttentionCapture:
+    """The attention capture for ``model`` (ModelPatcher or BaseModel); refuses unsupported families by name.
+
+    ``levels_of(main_factor)`` is the objective's set of levels. ``dit_blocks`` and ``joint_normalization`` apply to
+    joint-attention models only.
+    """
+    base = model if hasattr(model, "diffusion_model") else getattr(model, "model", model)
+    family = model_family(base)
+    diffusion_model = base.diffusion_model
+    if hasattr(diffusion_model, "input_blocks") and hasattr(diffusion_model, "output_blocks"):
+        all_layers = unet_cross_attention_layers(diffusion_model, family=family)
+        main = choose_main_factor(all_layers, preferred_factor)
+        wanted = {f for f in levels_of(main) if f >= 1}
+        layers = layers_at(all_layers, wanted)
+        if not layers:
+            raise UnsupportedModelError(f"The model has no cross-attention layers at factors {sorted(wanted)}.")
+        return UNetCapture(tuple(layers), main)
+    if family in FLUX_FAMILIES and hasattr(diffusion_model, "double_blocks"):
+        patch = int(diffusion_model.patch_size)
+        main = max(preferred_factor, patch)
+        blocks = select_blocks(flux_blocks(diffusion_model), dit_blocks)
+        factors = frozenset(f for f in levels_of(main) if f >= patch and f % patch == 0)
+        return JointCapture(tuple(blocks), main, factors, patch, joint_normalization)
+    raise _refuse(family, diffusion_model)
+
+
+def require_supported(model: Any) -> None:
+    """Refuse, naming the family, a model that neither the UNet nor the joint-attention capture serves."""
+    capture_for_model(model, 4, lambda factor: {factor})
+
+
+def parse_block_list(text: str) -> tuple[tuple[str, int], ...]:
+    """``"double 0-3, single 5"`` → ``(("double", 0), ..., ("double", 3), ("single", 5))``; empty text → ``()``."""
+    blocks: list[tuple[str, int]] = []
+    for item in (part.strip() for part in str(text).split(",")):
+        if not item:
+            continue
+        kind, _, span = item.partition(" ")
+        first, _, last = span.strip().partition("-")
+        if kind not in ("double", "single") or not first.isdigit() or (last and not last.isdigit()):
+            raise ValueError(
+                f"dit_blocks: '{item}' is not 'double N', 'single N' or a range like 'double 0-3'."
+            )
+        blocks += [(kind, index) for index in range(int(first), int(last or first) + 1)]
+    return tuple(blocks)

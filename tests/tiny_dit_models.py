@@ -1,0 +1,99 @@
+"""Tiny random-weight joint-attention DiT models (Flux.1) built with ComfyUI's own classes, for CPU tests and the demo.
+
+- The diffusion model is ComfyUI's ``comfy.ldm.flux.model.Flux`` inside ``model_base.Flux``, made by
+  ``supported_models.Flux`` (the config class ComfyUI's detection picks for Flux.1-dev) and wrapped in a
+  ModelPatcher. It is not read from a file: ComfyUI's Flux detection fixes 24 heads × 128 (hidden 3072), so a
+  file-loaded Flux has over 500 M parameters even at one double and one single block (about 10 s per forward on
+  the 2-core development VM). The tiny model keeps the real block structure (double-stream blocks, then
+  single-stream blocks over the concatenated text+image sequence, RoPE, guidance embedding) at width 64.
+- The text encoder is ComfyUI's Flux text encoder (CLIP-L for the pooled vector, T5-XXL for the context) with the
+  real tokenizers (CLIP BPE and T5 sentencepiece), loaded by ``comfy.sd.load_clip`` (the function DualCLIPLoader
+  calls) from safetensors files, with ComfyUI's per-encoder config override (``t5xxl_model_config``,
+  ``clip_l_model_config``) making both encoders narrow. The context is T5 output, padded to 256 tokens as in
+  ComfyUI.
+
+Call :func:`comfy_env.bootstrap_comfy` first.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from tiny_models import init_weights
+
+TEXT_WIDTH = 64
+"""Width of both tiny text encoders: the Flux context (T5) and the pooled vector (CLIP-L)."""
+
+FLUX_TINY = {
+    "image_model": "flux", "guidance_embed": True, "in_channels": 16, "out_channels": 16,
+    "vec_in_dim": TEXT_WIDTH, "context_in_dim": TEXT_WIDTH, "hidden_size": 64, "mlp_ratio": 2.0, "num_heads": 2,
+    "depth": 2, "depth_single_blocks": 2, "axes_dim": [8, 12, 12], "theta": 10000, "patch_size": 2,
+    "qkv_bias": True,
+}
+"""Flux.1-dev's structure (guidance embedding, patch 2, 16 latent channels) at width 64: 2 double-stream and
+2 single-stream blocks, 2 heads × 32."""
+
+TINY_TEXT_ENCODERS = {
+    "t5xxl_model_config": {"d_model": TEXT_WIDTH, "d_ff": 128, "d_kv": 16, "num_heads": 4, "num_layers": 2,
+                           "num_decoder_layers": 2},
+    "clip_l_model_config": {"hidden_size": TEXT_WIDTH, "intermediate_size": 128, "num_attention_heads": 2,
+                            "num_hidden_layers": 3, "projection_dim": TEXT_WIDTH},
+}
+"""ComfyUI's own per-encoder config overrides (``<model_name>_model_config`` in the text encoder's model_options)."""
+
+
+def _loader_options() -> dict:
+    """model_options for ``comfy.sd.load_clip``: its CLIP-L position-embedding probe rebuilds
+    ``clip_l_model_config`` from ``model_config``, so the CLIP-L override goes there too."""
+    return {**TINY_TEXT_ENCODERS, "model_config": dict(TINY_TEXT_ENCODERS["clip_l_model_config"])}
+
+FLUX_TEXT_FILES = ("flux_tiny_clip_l.safetensors", "flux_tiny_t5xxl.safetensors")
+
+
+def tiny_flux_model(seed: int = 0, dtype: torch.dtype = torch.float32) -> Any:
+    """A ModelPatcher around a tiny Flux.1-dev model (``model_family`` says ``Flux``), on the CPU."""
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    model_config = comfy.supported_models.Flux(dict(FLUX_TINY))
+    model_config.set_inference_dtype(dtype, None)
+    model = model_config.get_model({}, "")
+    init_weights(model.diffusion_model, seed)
+    with torch.no_grad():  # RMSNorm scales (q/k norms) at 1 as in trained models; init_weights gives 1-d params ~0.02
+        for name, param in model.diffusion_model.named_parameters():
+            if name.endswith(".scale"):
+                param.fill_(1.0)
+    cpu = torch.device("cpu")
+    return comfy.model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu)
+
+
+def build_flux_text_encoders(folder: Path, seed: int = 1) -> tuple[Path, Path]:
+    """Write the tiny CLIP-L and T5 files (as a user's text_encoders folder holds them) and return their paths."""
+    import comfy.sd
+    import comfy.supported_models_base
+    import comfy.text_encoders.flux
+    import comfy.utils
+
+    target = comfy.supported_models_base.ClipTarget(comfy.text_encoders.flux.FluxTokenizer,
+                                                    comfy.text_encoders.flux.flux_clip())
+    clip = comfy.sd.CLIP(target, parameters=0, model_options=dict(TINY_TEXT_ENCODERS))
+    init_weights(clip.cond_stage_model, seed)
+    state = clip.cond_stage_model.state_dict()
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = tuple(folder / name for name in FLUX_TEXT_FILES)
+    for prefix, path in zip(("clip_l.transformer.", "t5xxl.transformer."), paths, strict=True):
+        part = {k[len(prefix):]: v.contiguous() for k, v in state.items() if k.startswith(prefix)}
+        comfy.utils.save_torch_file(part, str(path))
+    return paths  # type: ignore[return-value]
+
+
+def load_flux_clip(folder: Path) -> Any:
+    """The tiny Flux CLIP, loaded from ``folder`` (built there first if missing) by ``comfy.sd.load_clip``."""
+    import comfy.sd
+
+    paths = [folder / name for name in FLUX_TEXT_FILES]
+    if not all(path.exists() for path in paths):
+        build_flux_text_encoders(folder)
+    return comfy.sd.load_clip([str(p) for p in paths], clip_type=comfy.sd.CLIPType.FLUX, model_options=_loader_options())

@@ -1,0 +1,88 @@
+"""ComfyUI T5 tokenizer output (sentencepiece) -> a table of context positions, for Flux.1's text stream.
+
+ComfyUI's T5-XXL tokenizer puts the whole prompt in one chunk (no 77-token window; Flux pads it to 256 tokens,
+and a longer prompt makes a longer context), without a start token, with ``</s>`` (id 1) after the prompt and
+padding with id 0. Column k of the Flux context is token k. Each text token's span in the original prompt comes
+from aligning the sentencepiece pieces (``▁`` marks a word start) with the text ComfyUI handed to the tokenizer,
+as for CLIP. A piece that is only ``▁`` (sentencepiece's separate word-start token) holds no prompt characters: it
+stays a prompt token (it is in ``prompt_positions``) but belongs to no word.
+No torch or ComfyUI import happens at module import time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from .clip_tokens import ClipToken, TokenTable, _align_streams, _source_stream
+
+T5_KEY = "t5xxl"
+T5_END_ID = 1
+WORD_START = "▁"
+
+
+def _target_stream(pieces: Sequence[str]) -> tuple[str, list[int]]:
+    """Decoded text of sentencepiece ``pieces`` (lowercased, no word-start marks) and each character's piece."""
+    chars: list[str] = []
+    owners: list[int] = []
+    for k, piece in enumerate(pieces):
+        for ch in piece.replace(WORD_START, "").lower():
+            if not ch.isspace():
+                chars.append(ch)
+                owners.append(k)
+    return "".join(chars), owners
+
+
+def _spans(text: str, pieces: Sequence[str], disable_weights: bool) -> tuple[list[tuple[int, int] | None], bool]:
+    source, src_index = _source_stream(text, embeddings=False, disable_weights=disable_weights)
+    target, owners = _target_stream(pieces)
+    hits: list[set[int]] = [set() for _ in pieces]
+    for j, src_chars in enumerate(_align_streams(source, target)):
+        for s in src_chars:
+            origin = src_index[s]
+            if origin is not None:
+                hits[owners[j]].add(origin)
+    return [(min(h), max(h) + 1) if h else None for h in hits], source == target
+
+
+def t5_token_table(
+    tokenizer_output: Mapping[str, Any], text: str, tokenizer: Any, *, disable_weights: bool = False
+) -> TokenTable:
+    """The position table of ``text`` from ``clip.tokenize(text, return_word_ids=True)``'s T5 part.
+
+    ``tokenizer`` is the ComfyUI CLIP (or its tokenizer); its T5 tokenizer's vocabulary decodes the ids.
+    """
+    chunks = tokenizer_output[T5_KEY]
+    sd_tok = getattr(getattr(tokenizer, "tokenizer", tokenizer), T5_KEY, None)
+    inv_vocab: Mapping[int, str] = getattr(sd_tok, "inv_vocab", None) or {}
+    rows: list[dict[str, Any]] = []
+    offset = 0
+    for c, chunk in enumerate(chunks):
+        seen_end = False
+        for i, entry in enumerate(chunk):
+            token, weight, word_id = entry[0], float(entry[1]), int(entry[2])
+            tid = int(token) if isinstance(token, int) else None
+            row: dict[str, Any] = {"chunk": c, "index": i, "position": offset + i, "word_id": word_id,
+                                   "weight": weight, "token_id": tid}
+            if tid is None:
+                row.update(kind="embedding", piece=f"<embedding#{word_id}>")
+            elif word_id == 0:
+                kind = "end" if tid == T5_END_ID and not seen_end else "pad"
+                seen_end = seen_end or kind == "end"
+                row.update(kind=kind, piece=inv_vocab.get(tid, f"<{tid}>"))
+            else:
+                row.update(kind="text", piece=inv_vocab.get(tid, f"<{tid}>"))
+            rows.append(row)
+        offset += len(chunk)
+    text_rows = [r for r in rows if r["kind"] == "text"]
+    spans, exact = _spans(text, [r["piece"] for r in text_rows], disable_weights)
+    warnings: list[str] = []
+    if not exact:
+        warnings.append("prompt text and T5 pieces differ (normalisation or unknown characters); "
+                        "spans of the differing characters are approximate")
+    for row, span in zip(text_rows, spans, strict=True):
+        row["start"], row["end"] = span if span is not None else (None, None)
+        if span is None and row["piece"] != WORD_START:
+            warnings.append(f"token '{row['piece']}' at position {row['position']} maps to no prompt characters")
+    tokens = tuple(ClipToken(**row) for row in rows)
+    return TokenTable(text, tokens, tuple(len(chunk) for chunk in chunks), (T5_KEY,), tuple(warnings))
