@@ -136,6 +136,13 @@ class GuidanceRun:
         if problem is not None:
             raise BindingGuidanceError(f"config: {problem}")
         self.text_attention = bindings.text_self_attention
+        if self.active and self.text_attention is None and any(
+            obj.name == "tsam" for _, obj in getattr(self.objective, "terms", [(1.0, self.objective)])
+        ):
+            raise BindingGuidanceError(
+                "config: T-SAM reads the CLIP text self-attention of the prompt, and these bindings have none (a "
+                "Flux.1 prompt's positions are T5 positions). Choose SynGen, Divide & Bind or Attend-and-Excite."
+            )
         self.num_steps = num_steps
         base_model = guider.inner_model
         # The model family picks the capture (UNet cross-attention or DiT joint attention); unsupported
