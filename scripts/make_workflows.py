@@ -158,6 +158,58 @@ def custom_sampler_graph() -> tuple[list[dict], str]:
     return nodes, "Binding Guidance: custom sampler"
 
 
+FLUX_FILES = {"unet": "flux1-dev.safetensors", "clip_l": "clip_l.safetensors", "t5": "t5xxl_fp16.safetensors",
+              "vae": "ae.safetensors"}
+
+
+def flux_graph() -> tuple[list[dict], str]:
+    """Flux.1-dev: UNETLoader + DualCLIPLoader (flux) + VAELoader, FluxGuidance, CFG 1, SynGen on T5 positions."""
+    prompt = METHODS["syngen"]["prompt"]
+    nodes = [
+        _node(4, "UNETLoader", (30, 330), (330, 82), "Load Diffusion Model (Flux.1)",
+              {"unet_name": FLUX_FILES["unet"], "weight_dtype": "default"}),
+        _node(16, "DualCLIPLoader", (30, 460), (330, 130), "Load CLIP-L + T5 (flux)",
+              {"clip_name1": FLUX_FILES["clip_l"], "clip_name2": FLUX_FILES["t5"], "type": "flux",
+               "device": "default"}),
+        _node(17, "VAELoader", (30, 630), (330, 58), "Load VAE", {"vae_name": FLUX_FILES["vae"]}),
+        _node(6, "CLIPTextEncode", (420, 40), (400, 160), "Positive prompt", {"text": prompt}, {"clip": (16, 0)}),
+        _node(18, "FluxGuidance", (420, 220), (400, 58), "Flux guidance", {"guidance": 3.5},
+              {"conditioning": (6, 0)}),
+        _node(7, "CLIPTextEncode", (420, 300), (400, 100), "Negative prompt (unused at CFG 1)", {"text": ""},
+              {"clip": (16, 0)}),
+        _node(10, "ParseBindings", (420, 420), (400, 260), "Parse Bindings",
+              {"prompt": prompt, "mode": "robust", "spacy_model": "en_core_web_sm", "override": ""},
+              {"clip": (16, 0)}),
+        _node(11, "BindingLossConfig", (420, 720), (400, 260), "Binding Loss Config (syngen)",
+              {"method": "syngen", "step_size": 20.0, "guided_fraction": 0.5, "advanced": "", "weight": 1.0,
+               "words": "", "guidance_mode": "faithful"}),
+        _node(5, "EmptySD3LatentImage", (420, 1020), (400, 106), "Empty Latent Image (16 channels)",
+              {"width": 1024, "height": 1024, "batch_size": 1}),
+        _node(3, "BindingGuidedKSampler", (880, 40), (340, 330), "Binding-Guided KSampler",
+              {"seed": 16, "steps": 20, "cfg": 1.0, "sampler_name": "euler", "scheduler": "simple", "denoise": 1.0},
+              {"model": (4, 0), "positive": (18, 0), "negative": (7, 0), "latent_image": (5, 0),
+               "bindings": (10, 0), "config": (11, 0)}),
+        _node(8, "VAEDecode", (1270, 40), (210, 46), "VAE Decode", {}, {"samples": (3, 0), "vae": (17, 0)}),
+        _node(9, "SaveImage", (1520, 40), (420, 460), "Save Image",
+              {"filename_prefix": "binding_guidance/syngen_flux"}, {"images": (8, 0)}),
+        _node(12, "PreviewImage", (880, 420), (340, 300), "Attention maps", {}, {"images": (3, 1)}),
+        _node(13, "PreviewImage", (1270, 540), (340, 300), "Loss curve", {}, {"images": (3, 2)}),
+        _node(14, "PreviewAny", (880, 760), (340, 200), "Parse preview", {}, {"source": (10, 1)}),
+    ]
+    note = (
+        f"{METHODS['syngen']['about']}\n\nFlux.1-dev: the guidance reads the joint attention of the double-stream "
+        "blocks (image queries to the T5 text keys, renormalised over the text) at 1/32 of the image side, and "
+        "moves the latent at the first half of the steps. CFG 1 as Flux-dev is usually run (FluxGuidance sets the "
+        "distilled guidance); fast mode works there too.\n\n" + COMMON_NOTE.replace(
+            "Needs an SD1.x checkpoint (v1-5-pruned-emaonly.safetensors); SD2.x and SDXL work too. Guidance costs "
+            "about one extra UNet forward and backward pass per guided step.",
+            f"Needs {FLUX_FILES['unet']} (diffusion_models), {FLUX_FILES['clip_l']} and {FLUX_FILES['t5']} "
+            f"(text_encoders) and {FLUX_FILES['vae']} (vae).")
+    )
+    nodes.append(_node(15, "Note", (30, 40), (360, 260), "About this workflow", {"text": note}))
+    return nodes, "Binding Guidance: syngen (Flux.1)"
+
+
 WORKFLOWS = {
     "syngen_sd15": lambda: standard_graph("syngen"),
     "syngen_entropy_sd15": lambda: standard_graph("syngen_entropy"),
@@ -165,6 +217,7 @@ WORKFLOWS = {
     "attend_and_excite_sd15": lambda: standard_graph("attend_and_excite"),
     "tsam_sd15": lambda: standard_graph("tsam"),
     "syngen_custom_sampler_sd15": custom_sampler_graph,
+    "syngen_flux": flux_graph,
 }
 
 

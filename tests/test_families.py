@@ -323,12 +323,12 @@ def test_sdxl_binding_guided_ksampler_takes_conditioning_like_ksampler(harness: 
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Non-UNet models: tiny real SD3 (MMDiT) and Flux models from ComfyUI's own classes are refused before sampling.
+# DiT models the pack does not guide yet: tiny real SD3 (MMDiT) and LTXV (video) models from ComfyUI's own classes
+# are refused before sampling. Flux.1 is guided (tests/test_flux.py).
 
 DIT_CONFIGS = {
-    "Flux": {"image_model": "flux", "guidance_embed": True, "in_channels": 16, "out_channels": 16, "vec_in_dim": 32,
-             "context_in_dim": 32, "hidden_size": 64, "mlp_ratio": 2.0, "num_heads": 2, "depth": 1,
-             "depth_single_blocks": 1, "axes_dim": [8, 12, 12], "theta": 10000, "patch_size": 2, "qkv_bias": True},
+    "LTXV": {"image_model": "ltxv", "in_channels": 128, "cross_attention_dim": 64, "attention_head_dim": 32,
+             "num_attention_heads": 2, "caption_channels": 32, "num_layers": 1},
     "SD3": {"in_channels": 16, "out_channels": 16, "pos_embed_scaling_factor": None, "patch_size": 2, "depth": 2,
             "adm_in_channels": 32, "pos_embed_max_size": 16, "num_patches": 256,
             "context_embedder_config": {"target": "torch.nn.Linear",
@@ -370,7 +370,7 @@ def test_dit_models_are_refused_naming_the_family(harness: Any, family_name: str
     cond = [[torch.randn(1, 8, 32), {"pooled_output": torch.randn(1, 32)}]]
     calls: list[int] = []
     handle = model.model.diffusion_model.register_forward_pre_hook(lambda *_: calls.append(1))
-    latent = torch.zeros(1, 16, 8, 8)
+    latent = torch.zeros(1, 128, 1, 2, 2) if family_name == "LTXV" else torch.zeros(1, 16, 8, 8)
     try:
         with torch.inference_mode(), pytest.raises(patch.UnsupportedModelError, match=family_name) as caught:
             sampler = guided_sampler.BindingGuidedSampler(comfy.samplers.sampler_object(SAMPLER), bindings, config)

@@ -96,4 +96,57 @@ def load_flux_clip(folder: Path) -> Any:
     paths = [folder / name for name in FLUX_TEXT_FILES]
     if not all(path.exists() for path in paths):
         build_flux_text_encoders(folder)
-    return comfy.sd.load_clip([str(p) for p in paths], clip_type=comfy.sd.CLIPType.FLUX, model_options=_loader_options())
+    return comfy.sd.load_clip([str(p) for p in paths], clip_type=comfy.sd.CLIPType.FLUX,
+                              model_options=_loader_options())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The tiny Flux model in a graph: stand-ins for the loader nodes of workflows/syngen_flux.json (tests and demo only).
+
+
+def tiny_flux_vae(seed: int = 2) -> Any:
+    """A random TAESD-shaped VAE for Flux's 16-channel latents (ComfyUI's TAEF1 layout)."""
+    import comfy.sd
+    import comfy.taesd.taesd
+
+    taesd = comfy.taesd.taesd.TAESD(latent_channels=16)
+    init_weights(taesd, seed)
+    return comfy.sd.VAE(sd=taesd.state_dict())
+
+
+def _loader_node(name: str, kind: str, make: Any) -> type:
+    def load(self: Any) -> tuple:
+        return (make(),)
+
+    return type(name, (), {"INPUT_TYPES": classmethod(lambda cls: {"required": {}}), "RETURN_TYPES": (kind,),
+                           "FUNCTION": "load", "CATEGORY": "testing", "load": load})
+
+
+TINY_FLUX_LOADERS = {"UNETLoader": "TinyFluxModelLoader", "DualCLIPLoader": "TinyFluxCLIPLoader",
+                     "VAELoader": "TinyFluxVAELoader"}
+"""The loader nodes of a Flux workflow and the test nodes that stand in for them."""
+
+
+def register_tiny_flux_nodes(nodes_module: Any, folder: Path) -> None:
+    """Add the stand-in loader nodes to ComfyUI's node mappings (``folder`` caches the text encoder files)."""
+    makers = {"TinyFluxModelLoader": ("MODEL", tiny_flux_model),
+              "TinyFluxCLIPLoader": ("CLIP", lambda: load_flux_clip(folder)),
+              "TinyFluxVAELoader": ("VAE", tiny_flux_vae)}
+    for name, (kind, make) in makers.items():
+        nodes_module.NODE_CLASS_MAPPINGS[name] = _loader_node(name, kind, make)
+
+
+def use_tiny_flux(prompt: dict, size: int = 128, steps: int = 4) -> dict:
+    """A copy of a Flux API prompt whose loaders are the tiny stand-ins, at ``size`` px and ``steps`` steps."""
+    import json
+
+    patched = json.loads(json.dumps(prompt))
+    for node in patched.values():
+        if node["class_type"] in TINY_FLUX_LOADERS:
+            node["class_type"] = TINY_FLUX_LOADERS[node["class_type"]]
+            node["inputs"] = {}
+        elif node["class_type"] == "EmptySD3LatentImage":
+            node["inputs"].update(width=size, height=size, batch_size=1)
+        if "steps" in node["inputs"] and not isinstance(node["inputs"]["steps"], list):
+            node["inputs"]["steps"] = steps
+    return patched

@@ -228,6 +228,10 @@ def check_ui_workflow(ui: dict, object_info: dict) -> list[str]:
     return problems
 
 
+MODEL_FILE_INPUTS = {"ckpt_name", "unet_name", "clip_name", "clip_name1", "clip_name2", "vae_name"}
+"""Loader inputs that name model files: their choices are whatever the machine has."""
+
+
 def _check_widget_values(where: str, node: dict, info: dict) -> list[str]:
     problems = []
     specs = {name: spec for name, spec, _ in input_specs(info)}
@@ -237,7 +241,7 @@ def _check_widget_values(where: str, node: dict, info: dict) -> list[str]:
         options = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
         choices = kind if isinstance(kind, list) else options.get("options") if kind == "COMBO" else None
         if choices is not None:
-            if value not in choices and name != "ckpt_name":  # model files differ per machine
+            if value not in choices and name not in MODEL_FILE_INPUTS:  # model files differ per machine
                 problems.append(f"{where}: {name}={value!r} is not one of {choices}")
         elif kind in ("INT", "FLOAT"):
             if isinstance(value, bool) or not isinstance(value, int | float):
