@@ -45,7 +45,7 @@ def word_labels(bindings: PromptBindings) -> dict[tuple[int, ...], str]:
         for word in (binding.noun, *binding.modifiers):
             if table is not None:
                 pieces = [table[p].piece for p in word if 0 <= p < len(table)]
-                labels[tuple(word)] = "".join(pieces).replace("</w>", " ").strip()
+                labels[tuple(word)] = "".join(pieces).replace("</w>", " ").replace("▁", " ").strip()
     return labels
 
 
