@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from comfy_server import PACK_FOLDER_NAME, ComfyServer
+from tiny_dit_models import TINY_FLUX_LOADERS, use_tiny_flux
 from workflow_tools import PACK_ROOT, api_twin_path, load_json, patch_for_test, ui_workflow_paths
 
 pytestmark = pytest.mark.slow
@@ -158,9 +159,18 @@ def test_workflow_opens_and_runs_in_the_editor(path, server, page, tiny_checkpoi
     queued = page.evaluate("async () => (await window.app.graphToPrompt()).output")
     assert _schema_inputs(server, queued) == twin, "the editor queues something else than the API twin"
 
-    fast = patch_for_test(twin, tiny_checkpoint)
-    changes = {node_id: {k: v for k, v in node["inputs"].items() if twin[node_id]["inputs"][k] != v}
-               for node_id, node in fast.items()}
+    flux = any(node["class_type"] in TINY_FLUX_LOADERS for node in twin.values())
+    if flux:  # the thumbnail shows the shipped loaders; then the tiny Flux.1 stand-ins take their place
+        page.evaluate("() => window.app.extensionManager?.command?.execute?.('Comfy.Canvas.FitView')")
+        page.wait_for_timeout(500)
+        page.screenshot(path=str(ARTIFACTS / f"{path.stem}.png"))
+        page.evaluate(SWAP_NODES_JS, {k: TINY_FLUX_LOADERS[n["class_type"]] for k, n in twin.items()
+                                      if n["class_type"] in TINY_FLUX_LOADERS})
+        fast = use_tiny_flux(twin)
+    else:
+        fast = patch_for_test(twin, tiny_checkpoint)
+    changes = {node_id: {k: v for k, v in node["inputs"].items() if twin[node_id]["inputs"].get(k) != v}
+               for node_id, node in fast.items() if node["class_type"] not in TINY_FLUX_LOADERS.values()}
     page.evaluate("""(changes) => {
         for (const [id, values] of Object.entries(changes)) {
             const node = window.app.graph.getNodeById(Number(id));
@@ -183,7 +193,7 @@ def test_workflow_opens_and_runs_in_the_editor(path, server, page, tiny_checkpoi
         timeout=60_000)
     page.evaluate("() => window.app.extensionManager?.command?.execute?.('Comfy.Canvas.FitView')")
     page.wait_for_timeout(500)
-    page.screenshot(path=str(ARTIFACTS / f"{path.stem}.png"))
+    page.screenshot(path=str(ARTIFACTS / f"{path.stem}{'.run' if flux else ''}.png"))
     preview_ids = [int(k) for k, n in twin.items() if n["class_type"] == "PreviewImage"]
     if preview_ids:  # a close-up of the attention maps and the loss curve, for the README
         box = page.evaluate("""(ids) => {
@@ -198,6 +208,25 @@ def test_workflow_opens_and_runs_in_the_editor(path, server, page, tiny_checkpoi
             return {x: Math.max(l, 0), y: Math.max(t, 0), width: r - Math.max(l, 0), height: b - Math.max(t, 0)};
         }""", preview_ids)
         page.screenshot(path=str(ARTIFACTS / f"{path.stem}.previews.png"), clip=box)
+
+
+SWAP_NODES_JS = """(swaps) => {
+    const g = window.app.graph;
+    for (const [id, type] of Object.entries(swaps)) {
+        const old = g.getNodeById(Number(id));
+        const node = LiteGraph.createNode(type);
+        node.pos = [...old.pos];
+        g.add(node);
+        old.outputs.forEach((output, slot) => {
+            for (const linkId of [...(output.links ?? [])]) {
+                const link = g.links instanceof Map ? g.links.get(linkId) : g.links[linkId];
+                node.connect(slot, g.getNodeById(link.target_id), link.target_slot);
+            }
+        });
+        g.remove(old);
+    }
+}"""
+"""Replaces nodes (id → type) in the editor's graph, keeping their outgoing links (stand-in loaders)."""
 
 
 def _wait_for_new_history(server, before: set[str], timeout: float = 60) -> str:

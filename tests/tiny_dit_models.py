@@ -127,13 +127,17 @@ TINY_FLUX_LOADERS = {"UNETLoader": "TinyFluxModelLoader", "DualCLIPLoader": "Tin
 """The loader nodes of a Flux workflow and the test nodes that stand in for them."""
 
 
-def register_tiny_flux_nodes(nodes_module: Any, folder: Path) -> None:
-    """Add the stand-in loader nodes to ComfyUI's node mappings (``folder`` caches the text encoder files)."""
+def tiny_flux_node_classes(folder: Path) -> dict[str, type]:
+    """The stand-in loader node classes by name (``folder`` caches the text encoder files)."""
     makers = {"TinyFluxModelLoader": ("MODEL", tiny_flux_model),
               "TinyFluxCLIPLoader": ("CLIP", lambda: load_flux_clip(folder)),
               "TinyFluxVAELoader": ("VAE", tiny_flux_vae)}
-    for name, (kind, make) in makers.items():
-        nodes_module.NODE_CLASS_MAPPINGS[name] = _loader_node(name, kind, make)
+    return {name: _loader_node(name, kind, make) for name, (kind, make) in makers.items()}
+
+
+def register_tiny_flux_nodes(nodes_module: Any, folder: Path) -> None:
+    """Add the stand-in loader nodes to ComfyUI's node mappings (``folder`` caches the text encoder files)."""
+    nodes_module.NODE_CLASS_MAPPINGS.update(tiny_flux_node_classes(folder))
 
 
 def use_tiny_flux(prompt: dict, size: int = 128, steps: int = 4) -> dict:
