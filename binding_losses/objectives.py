@@ -183,6 +183,15 @@ def attribute_words(layout: TokenLayout) -> tuple[Word | None, ...]:
     return tuple(first_modifier.get(word) for word in subject_words(layout))
 
 
+def softmax_columns(layout: TokenLayout, num_tokens: int, normalize_eot: bool) -> tuple[Any, int]:
+    """(``keep``, chunk size) of A&E's and D&B's token softmax: per 77-chunk for CLIP (``normalize_eot``: up to
+    the last prompt token; else columns 1..75); for a T5 context, one range over its prompt tokens (it has no
+    start token to drop, and its padding runs to 256 and beyond)."""
+    if not layout.clip_chunks:
+        return [(0, max(layout.prompt_positions, default=0) + 1)], num_tokens
+    return (eot_columns(layout, num_tokens) if normalize_eot else None), CHUNK_SIZE
+
+
 def eot_columns(layout: TokenLayout, num_tokens: int) -> list[ColumnRange]:
     """SD 2.x ``normalize_eot`` softmax columns per 77-chunk: ``(1, E)`` with E one past the chunk's last prompt
     token (an empty range for chunks without prompt tokens)."""
@@ -238,13 +247,14 @@ class AttendExciteObjective(_DecayingSchedule):
         if not subjects:
             zero = maps.reshape(maps.shape[0], -1)[:, :0].sum(dim=-1)
             return LossResult(total=zero, metric=zero.detach(), terms={})
-        keep = eot_columns(layout, maps.shape[1]) if self.normalize_eot else None
+        keep, chunk_size = softmax_columns(layout, maps.shape[1], self.normalize_eot)
         maxima = attend_excite_maxima(
             maps,
             subjects,
             smooth=self.smooth,
             scale=self.softmax_scale,
             keep=keep,
+            chunk_size=chunk_size,
             kernel_size=self.kernel_size,
             sigma=self.sigma,
         )
@@ -335,7 +345,7 @@ class DivideBindObjective(_DecayingSchedule):
         if self.loss_mode == "tv_bind" and any(attributes):
             source = self._attribute_source(attn, main, (maps.shape[-2], maps.shape[-1]))
         weight = divide_bind_weight(step, num_steps, self.bind_weights)
-        keep = eot_columns(layout, maps.shape[1]) if self.normalize_eot else None
+        keep, chunk_size = softmax_columns(layout, maps.shape[1], self.normalize_eot)
         out = divide_bind_breakdown(
             maps,
             objects,
@@ -347,6 +357,7 @@ class DivideBindObjective(_DecayingSchedule):
             smooth=self.smooth,
             scale=self.softmax_scale,
             keep=keep,
+            chunk_size=chunk_size,
         )
         terms = {
             "tv": out.tv.detach(),

@@ -41,6 +41,9 @@ class TokenLayout:
     context_length: int = 77
     subjects: tuple[Word, ...] = field(default=())
     """Optional explicit subject words (A&E/D&B override); empty means "the nouns of ``bindings``"."""
+    clip_chunks: bool = True
+    """Positions sit in CLIP's 77-token chunks, each opened by a start token. False for one T5 sequence (Flux.1):
+    no start token, so the token softmax of A&E and D&B runs over the prompt tokens of the whole context."""
 
 
 @dataclass

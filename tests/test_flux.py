@@ -277,3 +277,22 @@ def test_chosen_blocks_and_stop_after_the_last_one(harness: Any, flux: dict) -> 
         guided(harness, flux, config(harness, advanced="dit_blocks = double 5"), steps=2)
     with pytest.raises(harness.module("guidance.errors").BindingGuidanceError, match="T-SAM"):
         guided(harness, flux, config(harness, "tsam"), steps=2)
+
+
+@pytest.mark.parametrize("method", ["attend_and_excite", "divide_and_bind"])
+def test_token_softmax_keeps_a_noun_at_t5_position_zero(method: str) -> None:
+    """T5 has no start token: a noun can be column 0 ("cats and dogs"), and A&E's / D&B's token softmax runs over
+    the prompt tokens of the one T5 sequence, not over CLIP's per-77 columns 1..75."""
+    import importlib
+
+    objectives = importlib.import_module("binding_guidance.binding_losses.objectives")
+    types = importlib.import_module("binding_guidance.binding_losses.types")
+    maps = torch.rand(1, 256, 4, 4, generator=torch.Generator().manual_seed(0))
+    maps = maps / maps.sum(dim=1, keepdim=True)
+    layout = types.TokenLayout(bindings=(types.TokenBinding((0,), ((3,),)), types.TokenBinding((2,))),
+                               prompt_positions=(0, 1, 2, 3), context_length=256, clip_chunks=False)
+    assert objectives.softmax_columns(layout, 256, False) == ([(0, 4)], 256)
+    objective = objectives.make_objective(method, main_factor=4)
+    result = objective.loss({4: types.AttentionLevel(maps, 1)}, layout, 0, 50)
+    maxima = result.terms["maxima"]
+    assert bool((maxima > 0.2).all()), maxima  # four tokens share the softmax: every subject has real mass

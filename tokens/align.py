@@ -119,6 +119,7 @@ def align_entities(
         bindings=tuple(bindings),
         prompt_positions=table.prompt_positions(include_embeddings=include_embeddings),
         context_length=table.context_length,
+        clip_chunks="t5xxl" not in table.encoders,
     )
     return AlignmentResult(layout, tuple(entities), tuple(warnings))
 
