@@ -24,6 +24,8 @@ from .recorder import AttentionRecorder
 
 FLUX_FAMILIES = ("Flux", "FluxInpaint", "FluxSchnell")
 """ComfyUI model configs whose diffusion model is Flux.1 (dev, schnell, Fill/Kontext share these configs)."""
+SD3_FAMILIES = ("SD3",)
+"""ComfyUI model configs whose diffusion model is SD3's MMDiT (SD3 Medium, SD3.5 Large/Medium)."""
 
 
 class Recorder(Protocol):
@@ -69,6 +71,7 @@ class JointCapture:
     factors: frozenset[int]
     patch_size: int
     normalization: str
+    text_offset: int = 0
 
     @property
     def description(self) -> str:
@@ -76,7 +79,7 @@ class JointCapture:
 
     def recorder(self, stop_early: bool, on_complete: Callable[[], None] | None = None) -> JointAttentionRecorder:
         return JointAttentionRecorder(self.blocks, set(self.factors), self.patch_size, self.normalization,
-                                      stop_early=stop_early, on_complete=on_complete)
+                                      stop_early=stop_early, on_complete=on_complete, text_offset=self.text_offset)
 
 
 def flux_blocks(diffusion_model: Any) -> list[JointBlock]:
@@ -87,22 +90,32 @@ def flux_blocks(diffusion_model: Any) -> list[JointBlock]:
     return double + single
 
 
-def default_flux_blocks(blocks: Sequence[JointBlock]) -> list[JointBlock]:
-    """The double-stream blocks: text and image keep their own weights there (see docs/model_families.md)."""
-    return [block for block in blocks if block.kind == "double"]
+def sd3_blocks(diffusion_model: Any) -> list[JointBlock]:
+    """Every joint block of SD3's MMDiT, in execution order."""
+    heads = int(diffusion_model.num_heads)
+    return [JointBlock("joint", i, heads) for i in range(len(diffusion_model.joint_blocks))]
+
+
+def default_blocks(blocks: Sequence[JointBlock]) -> list[JointBlock]:
+    """Flux: the double-stream blocks, where text and image keep their own weights; SD3: every joint block (all
+    keep separate weights). See docs/model_families.md."""
+    double = [block for block in blocks if block.kind == "double"]
+    return double or list(blocks)
 
 
 def select_blocks(available: Sequence[JointBlock], wanted: Sequence[tuple[str, int]] | None) -> list[JointBlock]:
     """The blocks named in ``wanted`` (``("double", 3)``, ...), or the family default when it is empty."""
     if not wanted:
-        return default_flux_blocks(available)
+        return default_blocks(available)
     by_key = {block.key: block for block in available}
     missing = [f"{kind} {index}" for kind, index in wanted if (kind, index) not in by_key]
     if missing:
-        have = {kind: sum(1 for b in available if b.kind == kind) for kind in ("double", "single")}
+        kinds = dict.fromkeys(b.kind for b in available)
+        counts = {kind: sum(1 for b in available if b.kind == kind) for kind in kinds}
+        have = " and ".join(f"{kind} 0-{count - 1}" for kind, count in counts.items())
         raise UnsupportedModelError(
-            f"dit_blocks: the model has no block {', '.join(missing)} (it has double 0-{have['double'] - 1} and "
-            f"single 0-{have['single'] - 1}); name existing blocks, e.g. 'dit_blocks = double 0-3'."
+            f"dit_blocks: the model has no block {', '.join(missing)} (it has {have}); name existing blocks, "
+            f"e.g. 'dit_blocks = {next(iter(counts))} 0-1'."
         )
     return [by_key[key] for key in dict.fromkeys(wanted)]
 
@@ -111,7 +124,7 @@ def _refuse(family: str, diffusion_model: Any) -> UnsupportedModelError:
     name = type(diffusion_model).__name__
     described = f"{family} (diffusion model {name})" if family != name else name
     return UnsupportedModelError(
-        f"Binding guidance works on UNet models (SD1.x, SD2.x, SDXL) and Flux.1 only; the connected model is "
+        f"Binding guidance works on UNet models (SD1.x, SD2.x, SDXL), Flux.1 and SD3 only; the connected model is "
         f"{described}, a transformer (DiT/MMDiT) whose attention it cannot read yet. Use a plain KSampler for "
         "this model."
     )
@@ -141,12 +154,16 @@ def capture_for_model(
             raise UnsupportedModelError(f"The model has no cross-attention layers at factors {sorted(wanted)}.")
         return UNetCapture(tuple(layers), main)
     if family in FLUX_FAMILIES and hasattr(diffusion_model, "double_blocks"):
-        patch = int(diffusion_model.patch_size)
-        main = max(preferred_factor, patch)
-        blocks = select_blocks(flux_blocks(diffusion_model), dit_blocks)
-        factors = frozenset(f for f in levels_of(main) if f >= patch and f % patch == 0)
-        return JointCapture(tuple(blocks), main, factors, patch, joint_normalization)
-    raise _refuse(family, diffusion_model)
+        available, offset = flux_blocks(diffusion_model), 0
+    elif family in SD3_FAMILIES and hasattr(diffusion_model, "joint_blocks"):
+        available, offset = sd3_blocks(diffusion_model), int(diffusion_model.register_length)
+    else:
+        raise _refuse(family, diffusion_model)
+    patch = int(diffusion_model.patch_size)
+    main = max(preferred_factor, patch)
+    blocks = select_blocks(available, dit_blocks)
+    factors = frozenset(f for f in levels_of(main) if f >= patch and f % patch == 0)
+    return JointCapture(tuple(blocks), main, factors, patch, joint_normalization, offset)
 
 
 def require_supported(model: Any) -> None:
@@ -162,9 +179,10 @@ def parse_block_list(text: str) -> tuple[tuple[str, int], ...]:
             continue
         kind, _, span = item.partition(" ")
         first, _, last = span.strip().partition("-")
-        if kind not in ("double", "single") or not first.isdigit() or (last and not last.isdigit()):
+        if kind not in ("double", "single", "joint") or not first.isdigit() or (last and not last.isdigit()):
             raise ValueError(
-                f"dit_blocks: '{item}' is not 'double N', 'single N' or a range like 'double 0-3'."
+                f"dit_blocks: '{item}' is not 'double N', 'single N' (Flux.1), 'joint N' (SD3) or a range like "
+                "'double 0-3'."
             )
         blocks += [(kind, index) for index in range(int(first), int(last or first) + 1)]
     return tuple(blocks)

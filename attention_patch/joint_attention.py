@@ -138,6 +138,7 @@ class JointAttentionRecorder:
         normalization: str = "text",
         stop_early: bool = True,
         on_complete: Callable[[], None] | None = None,
+        text_offset: int = 0,
     ) -> None:
         if not blocks:
             raise ValueError("JointAttentionRecorder needs at least one block to record.")
@@ -153,6 +154,8 @@ class JointAttentionRecorder:
         self._count = 0
         self._seen: set[tuple[str, int]] = set()
         self._geometry: _Geometry | None = None
+        self.text_offset = text_offset
+        self._joint_calls = 0
 
     def reset(self) -> None:
         """Forget everything recorded so far (call before each guidance forward)."""
@@ -192,13 +195,14 @@ class JointAttentionRecorder:
             raise RuntimeError("Joint-attention capture: the model call has no text context (c_crossattn).")
         p = self.patch_size
         self._geometry = _Geometry(int(c_crossattn.shape[1]), (math.ceil(x.shape[-2] / p), math.ceil(x.shape[-1] / p)))
+        self._joint_calls = 0
         with _OutOfPlaceResiduals():
             return executor(x, *args, **kwargs)
 
     def _make_override(self, previous: Callable | None) -> Callable:
         def record_joint_attention(func: Callable, *args: Any, **kwargs: Any) -> Any:
             options = kwargs.get("transformer_options") or {}
-            key = (options.get("block_type"), options.get("block_index"))
+            key = self._block_key(args, kwargs, options)
             finished = False
             if key in self.blocks and key not in self._seen:
                 finished = self._record(key, args, kwargs, options)
@@ -213,6 +217,21 @@ class JointAttentionRecorder:
 
         return record_joint_attention
 
+    def _block_key(self, args: tuple, kwargs: dict, options: dict) -> tuple[Any, Any]:
+        """The model's own ``(block_type, block_index)`` (Flux); else ``("joint", n)`` for the n-th attention call
+        of this forward over text and image keys together (SD3's MMDiT sets no block labels; its image-only
+        self-attention calls are not counted)."""
+        if "block_type" in options:
+            return (options.get("block_type"), options.get("block_index"))
+        geometry = self._geometry
+        if geometry is None:
+            return (None, None)
+        keys = args[1].shape[2] if kwargs.get("skip_reshape", False) else args[1].shape[1]
+        if keys < self.text_offset + geometry.context_length + geometry.grid[0] * geometry.grid[1]:
+            return (None, None)
+        self._joint_calls += 1
+        return ("joint", self._joint_calls - 1)
+
     def _record(self, key: tuple[str, int], args: tuple, kwargs: dict, options: dict) -> bool:
         """Record one block's map; True once every chosen block has been recorded."""
         geometry = self._geometry
@@ -220,7 +239,8 @@ class JointAttentionRecorder:
             raise RuntimeError("Joint-attention capture: the geometry wrapper did not run before the first block.")
         q, k, heads, mask = _attention_inputs(args, kwargs)
         text_length, (height, width) = geometry.context_length, geometry.grid
-        if k.shape[2] < text_length + height * width:
+        start = self.text_offset  # registers before the text (SD3 with register tokens)
+        if k.shape[2] < start + text_length + height * width:
             raise RuntimeError(
                 f"Joint-attention capture: block {key} attends over {k.shape[2]} keys, fewer than the text "
                 f"({text_length}) and image ({height}×{width}) tokens; this model does not lay out its sequence "
@@ -228,7 +248,8 @@ class JointAttentionRecorder:
             )
         rows = conditional_rows(options, q.shape[0])
         probs = text_probabilities(
-            q[rows], k[rows], slice(0, text_length), slice(text_length, text_length + height * width),
+            q[rows], k[rows], slice(start, start + text_length),
+            slice(start + text_length, start + text_length + height * width),
             self.normalization, None if mask is None else (mask[rows] if mask.shape[0] == q.shape[0] else mask),
         )
         maps = probs.sum(dim=1).transpose(1, 2).reshape(len(rows), text_length, height, width)

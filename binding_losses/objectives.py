@@ -185,10 +185,11 @@ def attribute_words(layout: TokenLayout) -> tuple[Word | None, ...]:
 
 def softmax_columns(layout: TokenLayout, num_tokens: int, normalize_eot: bool) -> tuple[Any, int]:
     """(``keep``, chunk size) of A&E's and D&B's token softmax: per 77-chunk for CLIP (``normalize_eot``: up to
-    the last prompt token; else columns 1..75); for a T5 context, one range over its prompt tokens (it has no
-    start token to drop, and its padding runs to 256 and beyond)."""
+    the last prompt token; else columns 1..75); for a T5 context (Flux.1, SD3's T5 segment), one range over its
+    prompt tokens (it has no start token to drop, and its padding runs to 256 and beyond)."""
     if not layout.clip_chunks:
-        return [(0, max(layout.prompt_positions, default=0) + 1)], num_tokens
+        positions = layout.prompt_positions or (0,)
+        return [(min(positions), max(positions) + 1)], num_tokens
     return (eot_columns(layout, num_tokens) if normalize_eot else None), CHUNK_SIZE
 
 

@@ -323,16 +323,12 @@ def test_sdxl_binding_guided_ksampler_takes_conditioning_like_ksampler(harness: 
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# DiT models the pack does not guide yet: tiny real SD3 (MMDiT) and LTXV (video) models from ComfyUI's own classes
-# are refused before sampling. Flux.1 is guided (tests/test_flux.py).
+# DiT models the pack does not guide yet: a tiny real LTXV (video) model from ComfyUI's own classes is refused before
+# sampling. Flux.1 and SD3 are guided (tests/test_flux.py, tests/test_sd3.py).
 
 DIT_CONFIGS = {
     "LTXV": {"image_model": "ltxv", "in_channels": 128, "cross_attention_dim": 64, "attention_head_dim": 32,
              "num_attention_heads": 2, "caption_channels": 32, "num_layers": 1},
-    "SD3": {"in_channels": 16, "out_channels": 16, "pos_embed_scaling_factor": None, "patch_size": 2, "depth": 2,
-            "adm_in_channels": 32, "pos_embed_max_size": 16, "num_patches": 256,
-            "context_embedder_config": {"target": "torch.nn.Linear",
-                                        "params": {"in_features": 32, "out_features": 128}}},
 }
 
 

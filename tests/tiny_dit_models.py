@@ -101,6 +101,59 @@ def load_flux_clip(folder: Path) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# SD3 (MMDiT): CLIP-L‖G chunks then T5 along the context sequence.
+
+SD3_TINY = {
+    "in_channels": 16, "out_channels": 16, "pos_embed_scaling_factor": None, "patch_size": 2, "depth": 2,
+    "adm_in_channels": 2 * TEXT_WIDTH, "pos_embed_max_size": 32, "num_patches": 1024,
+    "context_embedder_config": {"target": "torch.nn.Linear", "params": {"in_features": 4096, "out_features": 128}},
+}
+"""SD3's MMDiT at depth 2 (hidden 64·depth = 128, 2 heads × 64, as ComfyUI derives them): 2 joint blocks, the
+last one's text stream pre-only, 16 latent channels, patch 2, a 4096-wide context as SD3's text encoders make."""
+
+SD3_TEXT_ENCODERS = {
+    "clip_l_model_config": TINY_TEXT_ENCODERS["clip_l_model_config"],
+    "clip_g_model_config": {**TINY_TEXT_ENCODERS["clip_l_model_config"], "num_hidden_layers": 3},
+    "t5xxl_model_config": {"d_model": 4096, "d_ff": 64, "d_kv": 16, "num_heads": 2, "num_layers": 1,
+                           "num_decoder_layers": 1},
+}
+"""SD3 pads CLIP-L‖G to 4096 and concatenates T5 along the sequence, so the tiny T5 keeps T5-XXL's 4096 width
+(1 layer, 2 heads × 16; its embedding table makes it about 130 M parameters)."""
+
+
+def tiny_sd3_model(seed: int = 0, dtype: torch.dtype = torch.float32) -> Any:
+    """A ModelPatcher around a tiny SD3 MMDiT (``model_family`` says ``SD3``), on the CPU."""
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    model_config = comfy.supported_models.SD3(dict(SD3_TINY))
+    model_config.set_inference_dtype(dtype, None)
+    model = model_config.get_model({}, "")
+    init_weights(model.diffusion_model, seed)
+    with torch.no_grad():  # q/k RMSNorm scales (SD3.5) at 1, as in trained models
+        for name, param in model.diffusion_model.named_parameters():
+            if name.endswith("_norm.weight") or name.endswith(".scale"):
+                param.fill_(1.0)
+    cpu = torch.device("cpu")
+    return comfy.model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu)
+
+
+def tiny_sd3_clip(seed: int = 1) -> Any:
+    """ComfyUI's SD3 text encoder (CLIP-L, CLIP-G, T5) with the real tokenizers, narrowed by ComfyUI's per-encoder
+    config override. Built in memory: ComfyUI's loader tells CLIP-L from CLIP-G by layer count (31+ layers is G),
+    which a narrowed pair cannot satisfy without loading both into one encoder."""
+    import comfy.sd
+    import comfy.supported_models_base
+    import comfy.text_encoders.sd3_clip
+
+    target = comfy.supported_models_base.ClipTarget(comfy.text_encoders.sd3_clip.SD3Tokenizer,
+                                                    comfy.text_encoders.sd3_clip.sd3_clip(True, True, True))
+    clip = comfy.sd.CLIP(target, parameters=0, model_options=dict(SD3_TEXT_ENCODERS))
+    init_weights(clip.cond_stage_model, seed)
+    return clip
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # The tiny Flux model in a graph: stand-ins for the loader nodes of workflows/syngen_flux.json (tests and demo only).
 
 

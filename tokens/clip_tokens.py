@@ -419,7 +419,8 @@ def _name_embeddings(raw: list[dict[str, Any]], text: str, active: bool, disable
 def token_table_for_clip(clip: Any, text: str, **tokenize_kwargs: Any) -> TokenTable:
     """Tokenize ``text`` with a ComfyUI ``CLIP`` object exactly as CLIPTextEncode does, and build its table.
 
-    The table addresses the conditioning context: CLIP chunks, or T5's tokens for a Flux.1 CLIP.
+    The table addresses the conditioning context: CLIP chunks, T5's tokens for a Flux.1 CLIP, or the T5 segment of
+    SD3's concatenated context.
 
     Raises ``parsers.PromptError`` for text ComfyUI cannot tokenize (invalid Unicode, parentheses nested too deep).
     """
@@ -431,11 +432,10 @@ def token_table_for_clip(clip: Any, text: str, **tokenize_kwargs: Any) -> TokenT
                           "level, up to Python's recursion limit); remove some '(' / ')' or escape them as "
                           "\\( \\).") from exc
     disable_weights = bool(tokenize_kwargs.get("disable_weights", False))
-    from .t5_tokens import T5_KEY, t5_token_table
+    from .t5_tokens import T5_KEY, sd3_token_table, t5_token_table
 
-    if T5_KEY in output and "g" in output:
-        raise PromptError("prompt: this CLIP is SD3's (CLIP-L/G and T5 contexts concatenated); binding guidance "
-                          "does not read SD3 yet. Use an SD1.x, SD2.x, SDXL or Flux.1 model.")
+    if T5_KEY in output and "g" in output:  # SD3: CLIP-L‖G chunks then T5 along the sequence
+        return sd3_token_table(output, text, clip, disable_weights=disable_weights)
     if T5_KEY in output:  # Flux.1: the context is T5's output; CLIP-L gives only the pooled vector
         return t5_token_table(output, text, clip, disable_weights=disable_weights)
     return token_table(output, text, clip, disable_weights=disable_weights)

@@ -86,3 +86,35 @@ def t5_token_table(
             warnings.append(f"token '{row['piece']}' at position {row['position']} maps to no prompt characters")
     tokens = tuple(ClipToken(**row) for row in rows)
     return TokenTable(text, tokens, tuple(len(chunk) for chunk in chunks), (T5_KEY,), tuple(warnings))
+
+
+def sd3_token_table(
+    tokenizer_output: Mapping[str, Any], text: str, clip: Any, *, disable_weights: bool = False
+) -> TokenTable:
+    """SD3's context is [CLIP-L‖G chunks (77 each), T5 tokens] along the sequence. The table addresses the T5
+    segment (its positions shifted past the CLIP chunks); the CLIP columns stay in the table as unaddressed
+    padding. Without a T5 encoder the context is the CLIP chunks alone and the CLIP table is returned; without
+    CLIP-L and G it is T5 alone."""
+    from .clip_tokens import token_table
+
+    model = getattr(clip, "cond_stage_model", None)
+    has_clip = any(getattr(model, name, None) is not None for name in ("clip_l", "clip_g"))
+    if getattr(model, T5_KEY, None) is None:
+        return token_table({k: v for k, v in tokenizer_output.items() if k != T5_KEY}, text, clip,
+                           disable_weights=disable_weights)
+    t5 = t5_token_table(tokenizer_output, text, clip, disable_weights=disable_weights)
+    if not has_clip:
+        return t5
+    clip_lengths = [len(chunk) for chunk in tokenizer_output["l"]]
+    offset = sum(clip_lengths)
+    unaddressed = tuple(
+        ClipToken(chunk=c, index=i, position=sum(clip_lengths[:c]) + i, token_id=None, piece="<CLIP segment>",
+                  word_id=0, weight=1.0, kind="pad")
+        for c, length in enumerate(clip_lengths) for i in range(length)
+    )
+    shifted = tuple(
+        ClipToken(**{**vars(token), "chunk": token.chunk + len(clip_lengths), "position": token.position + offset})
+        for token in t5.tokens
+    )
+    return TokenTable(text, unaddressed + shifted, (*clip_lengths, *t5.chunk_lengths), ("l", "g", T5_KEY),
+                      t5.warnings)
