@@ -4,6 +4,7 @@
     make demo CKPT=/path/model.safetensors
     make demo ARCH=sd2|sdxl            # tiny model of another family
     make demo ARCH=flux                # tiny Flux.1 model (workflows/syngen_flux.json, CFG 1)
+    make demo ARCH=sd3                 # tiny SD3 model (workflows/syngen_sd35.json)
 
 The report (out/demo_report.json) lists the bindings, and per guided step the SynGen loss before and after the
 update, and the loss along the unguided trajectory (same seed, step size 0).
@@ -25,14 +26,14 @@ sys.path.insert(0, str(ROOT / "tests"))  # test helpers (ComfyUI bootstrap, tiny
 from comfy_env import bootstrap_comfy  # noqa: E402
 
 WORKFLOW = ROOT / "workflows" / "syngen_sd15.json"
-FLUX_WORKFLOW = ROOT / "workflows" / "syngen_flux.json"
+DIT_WORKFLOWS = {"flux": ROOT / "workflows" / "syngen_flux.json", "sd3": ROOT / "workflows" / "syngen_sd35.json"}
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", help="a .safetensors/.ckpt checkpoint; default: a tiny random model")
     parser.add_argument(
-        "--arch", default="sd15", help="tiny model family when no checkpoint is given (sd15, sd2, sdxl, flux)"
+        "--arch", default="sd15", help="tiny model family when no checkpoint is given (sd15, sd2, sdxl, flux, sd3)"
     )
     parser.add_argument("--prompt", default="a pink sunflower and a yellow flamingo")
     parser.add_argument("--seed", type=int, default=16)
@@ -50,8 +51,8 @@ def checkpoint_path(args: argparse.Namespace) -> Path:
         return path
     import tiny_models
 
-    if args.arch == "flux":  # built in memory by the stand-in loader nodes; this folder caches its text encoders
-        return ROOT / ".cache" / "test-models" / "flux_tiny"
+    if args.arch in DIT_WORKFLOWS:  # built in memory by stand-in loader nodes; this folder caches text encoders
+        return ROOT / ".cache" / "test-models" / "dit_tiny"
     path = ROOT / ".cache" / "test-models" / f"{args.arch}_tiny_v1.safetensors"
     if not path.exists():
         print(f"building the tiny {args.arch} test model at {path} ...", flush=True)
@@ -68,13 +69,13 @@ def checkpoint_path(args: argparse.Namespace) -> Path:
 def build_graph(nodes_module: object, ckpt_name: str, args: argparse.Namespace, step_size: float) -> dict:
     from workflow_tools import object_info_from_mappings, ui_to_api
 
-    flux = args.arch == "flux" and not args.checkpoint
-    workflow = FLUX_WORKFLOW if flux else WORKFLOW
+    dit = args.arch in DIT_WORKFLOWS and not args.checkpoint
+    workflow = DIT_WORKFLOWS[args.arch] if dit else WORKFLOW
     graph = ui_to_api(json.loads(workflow.read_text()), object_info_from_mappings(nodes_module))
-    if flux:
-        from tiny_dit_models import use_tiny_flux
+    if dit:
+        from tiny_dit_models import use_tiny_dit
 
-        graph = use_tiny_flux(graph, size=args.size, steps=args.steps)
+        graph = use_tiny_dit(graph, size=args.size, steps=args.steps)
     for node in graph.values():
         kind, inputs = node["class_type"], node["inputs"]
         if kind == "CheckpointLoaderSimple":
@@ -157,10 +158,10 @@ def main() -> None:
     folder_paths.set_output_directory(str(out))
     folder_paths.add_model_folder_path("checkpoints", str(checkpoint.parent))
     asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
-    if tiny and args.arch == "flux":
-        from tiny_dit_models import register_tiny_flux_nodes
+    if tiny and args.arch in DIT_WORKFLOWS:
+        from tiny_dit_models import register_tiny_dit_nodes
 
-        register_tiny_flux_nodes(nodes, checkpoint)
+        register_tiny_dit_nodes(nodes, checkpoint)
     if not asyncio.run(nodes.load_custom_node(str(ROOT), module_parent="custom_nodes")):
         sys.exit("the pack failed to load into ComfyUI (see the log above).")
     pack = sys.modules[str(ROOT).replace(".", "_x_")]

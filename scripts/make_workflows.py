@@ -210,6 +210,55 @@ def flux_graph() -> tuple[list[dict], str]:
     return nodes, "Binding Guidance: syngen (Flux.1)"
 
 
+SD35_FILES = {"ckpt": "sd3.5_large.safetensors", "clip_l": "clip_l.safetensors", "clip_g": "clip_g.safetensors",
+              "t5": "t5xxl_fp16.safetensors"}
+
+
+def sd35_graph() -> tuple[list[dict], str]:
+    """SD3.5: checkpoint (MMDiT + VAE) + TripleCLIPLoader, CFG 4.5, SynGen on the T5 segment of the context."""
+    prompt = METHODS["syngen"]["prompt"]
+    nodes = [
+        _node(4, "CheckpointLoaderSimple", (30, 330), (330, 98), "Load Checkpoint (SD3.5)",
+              {"ckpt_name": SD35_FILES["ckpt"]}),
+        _node(16, "TripleCLIPLoader", (30, 470), (330, 106), "Load CLIP-L + CLIP-G + T5",
+              {"clip_name1": SD35_FILES["clip_l"], "clip_name2": SD35_FILES["clip_g"],
+               "clip_name3": SD35_FILES["t5"]}),
+        _node(6, "CLIPTextEncode", (420, 40), (400, 160), "Positive prompt", {"text": prompt}, {"clip": (16, 0)}),
+        _node(7, "CLIPTextEncode", (420, 240), (400, 120), "Negative prompt", {"text": ""}, {"clip": (16, 0)}),
+        _node(10, "ParseBindings", (420, 400), (400, 260), "Parse Bindings",
+              {"prompt": prompt, "mode": "robust", "spacy_model": "en_core_web_sm", "override": ""},
+              {"clip": (16, 0)}),
+        _node(11, "BindingLossConfig", (420, 700), (400, 260), "Binding Loss Config (syngen)",
+              {"method": "syngen", "step_size": 20.0, "guided_fraction": 0.5, "advanced": "", "weight": 1.0,
+               "words": "", "guidance_mode": "faithful"}),
+        _node(5, "EmptySD3LatentImage", (420, 1000), (400, 106), "Empty Latent Image (16 channels)",
+              {"width": 1024, "height": 1024, "batch_size": 1}),
+        _node(3, "BindingGuidedKSampler", (880, 40), (340, 330), "Binding-Guided KSampler",
+              {"seed": 16, "steps": 28, "cfg": 4.5, "sampler_name": "euler", "scheduler": "sgm_uniform",
+               "denoise": 1.0},
+              {"model": (4, 0), "positive": (6, 0), "negative": (7, 0), "latent_image": (5, 0),
+               "bindings": (10, 0), "config": (11, 0)}),
+        _node(8, "VAEDecode", (1270, 40), (210, 46), "VAE Decode", {}, {"samples": (3, 0), "vae": (4, 2)}),
+        _node(9, "SaveImage", (1520, 40), (420, 460), "Save Image",
+              {"filename_prefix": "binding_guidance/syngen_sd35"}, {"images": (8, 0)}),
+        _node(12, "PreviewImage", (880, 420), (340, 300), "Attention maps", {}, {"images": (3, 1)}),
+        _node(13, "PreviewImage", (1270, 540), (340, 300), "Loss curve", {}, {"images": (3, 2)}),
+        _node(14, "PreviewAny", (880, 760), (340, 200), "Parse preview", {}, {"source": (10, 1)}),
+    ]
+    note = (
+        f"{METHODS['syngen']['about']}\n\nSD3.5: the guidance reads the joint attention of every MMDiT block "
+        "(image queries to the text keys of the T5 segment of SD3's [CLIP-L+G, T5] context, renormalised over "
+        "the text) at 1/32 of the image side, and moves the latent at the first half of the steps.\n\n"
+        + COMMON_NOTE.replace(
+            "Needs an SD1.x checkpoint (v1-5-pruned-emaonly.safetensors); SD2.x and SDXL work too. Guidance costs "
+            "about one extra UNet forward and backward pass per guided step.",
+            f"Needs {SD35_FILES['ckpt']} (checkpoints) and {SD35_FILES['clip_l']}, {SD35_FILES['clip_g']} and "
+            f"{SD35_FILES['t5']} (text_encoders); SD3.5 Medium and SD3 Medium work too.")
+    )
+    nodes.append(_node(15, "Note", (30, 40), (360, 260), "About this workflow", {"text": note}))
+    return nodes, "Binding Guidance: syngen (SD3.5)"
+
+
 WORKFLOWS = {
     "syngen_sd15": lambda: standard_graph("syngen"),
     "syngen_entropy_sd15": lambda: standard_graph("syngen_entropy"),
@@ -218,6 +267,7 @@ WORKFLOWS = {
     "tsam_sd15": lambda: standard_graph("tsam"),
     "syngen_custom_sampler_sd15": custom_sampler_graph,
     "syngen_flux": flux_graph,
+    "syngen_sd35": sd35_graph,
 }
 
 
@@ -292,7 +342,7 @@ def build_ui(name: str, specs: list[dict], object_info: dict, pack_nodes: set[st
             properties = {"Node name for S&R": spec["type"], "cnr_id": cnr_id, "ver": version}
         else:
             properties = {"Node name for S&R": spec["type"], "cnr_id": "comfy-core", "ver": COMFY_VERSION}
-        if spec["type"] == "CheckpointLoaderSimple":
+        if spec["type"] == "CheckpointLoaderSimple" and spec["widgets"]["ckpt_name"] == SD15:
             properties["models"] = [SD15_MODEL]
         node.update(inputs=node_inputs[spec["id"]], outputs=node_outputs[spec["id"]], title=spec["title"],
                     properties=properties, widgets_values=values)

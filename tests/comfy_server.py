@@ -73,11 +73,11 @@ class ComfyServer:
     # -- lifecycle ----------------------------------------------------------------------------------------------
     def start(self) -> ComfyServer:
         tree = mirror_comfy_tree(find_comfy_root(), self.work_dir / "comfy")
-        # The tiny Flux.1 stand-in loaders (tests/tiny_dit_models.py), for queueing workflows/syngen_flux.json.
-        (tree / "custom_nodes" / "tiny_flux_test_nodes.py").write_text(
+        # The tiny Flux.1 / SD3 stand-in loaders (tests/tiny_dit_models.py), for queueing the DiT workflows.
+        (tree / "custom_nodes" / "tiny_dit_test_nodes.py").write_text(
             f"import sys\nsys.path.insert(0, {str(Path(__file__).resolve().parent)!r})\n"
-            "from pathlib import Path\nfrom tiny_dit_models import tiny_flux_node_classes\n"
-            f"NODE_CLASS_MAPPINGS = tiny_flux_node_classes(Path({str(self.checkpoints_dir)!r}))\n")
+            "from pathlib import Path\nfrom tiny_dit_models import tiny_dit_node_classes\n"
+            f"NODE_CLASS_MAPPINGS = tiny_dit_node_classes(Path({str(self.checkpoints_dir)!r}))\n")
         config = self.work_dir / "extra_model_paths.yaml"
         config.write_text(
             "binding_guidance_tests:\n"

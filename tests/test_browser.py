@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from comfy_server import PACK_FOLDER_NAME, ComfyServer
-from tiny_dit_models import TINY_FLUX_LOADERS, use_tiny_flux
+from tiny_dit_models import STAND_INS, dit_arch, use_tiny_dit
 from workflow_tools import PACK_ROOT, api_twin_path, load_json, patch_for_test, ui_workflow_paths
 
 pytestmark = pytest.mark.slow
@@ -159,18 +159,18 @@ def test_workflow_opens_and_runs_in_the_editor(path, server, page, tiny_checkpoi
     queued = page.evaluate("async () => (await window.app.graphToPrompt()).output")
     assert _schema_inputs(server, queued) == twin, "the editor queues something else than the API twin"
 
-    flux = any(node["class_type"] in TINY_FLUX_LOADERS for node in twin.values())
-    if flux:  # the thumbnail shows the shipped loaders; then the tiny Flux.1 stand-ins take their place
+    arch = dit_arch(twin)
+    if arch:  # the thumbnail shows the shipped loaders; then the tiny Flux.1 / SD3 stand-ins take their place
         page.evaluate("() => window.app.extensionManager?.command?.execute?.('Comfy.Canvas.FitView')")
         page.wait_for_timeout(500)
         page.screenshot(path=str(ARTIFACTS / f"{path.stem}.png"))
-        page.evaluate(SWAP_NODES_JS, {k: TINY_FLUX_LOADERS[n["class_type"]] for k, n in twin.items()
-                                      if n["class_type"] in TINY_FLUX_LOADERS})
-        fast = use_tiny_flux(twin)
+        page.evaluate(SWAP_NODES_JS, {k: STAND_INS[arch][n["class_type"]] for k, n in twin.items()
+                                      if n["class_type"] in STAND_INS[arch]})
+        fast = use_tiny_dit(twin)
     else:
         fast = patch_for_test(twin, tiny_checkpoint)
     changes = {node_id: {k: v for k, v in node["inputs"].items() if twin[node_id]["inputs"].get(k) != v}
-               for node_id, node in fast.items() if node["class_type"] not in TINY_FLUX_LOADERS.values()}
+               for node_id, node in fast.items() if fast[node_id]["class_type"] == twin[node_id]["class_type"]}
     page.evaluate("""(changes) => {
         for (const [id, values] of Object.entries(changes)) {
             const node = window.app.graph.getNodeById(Number(id));
@@ -193,7 +193,7 @@ def test_workflow_opens_and_runs_in_the_editor(path, server, page, tiny_checkpoi
         timeout=60_000)
     page.evaluate("() => window.app.extensionManager?.command?.execute?.('Comfy.Canvas.FitView')")
     page.wait_for_timeout(500)
-    page.screenshot(path=str(ARTIFACTS / f"{path.stem}{'.run' if flux else ''}.png"))
+    page.screenshot(path=str(ARTIFACTS / f"{path.stem}{'.run' if arch else ''}.png"))
     preview_ids = [int(k) for k, n in twin.items() if n["class_type"] == "PreviewImage"]
     if preview_ids:  # a close-up of the attention maps and the loss curve, for the README
         box = page.evaluate("""(ids) => {

@@ -30,10 +30,12 @@ EXPECTED = {
     "tsam_sd15": "tsam",
     "syngen_custom_sampler_sd15": "syngen",
     "syngen_flux": "syngen",
+    "syngen_sd35": "syngen",
 }
 PAPER_PROMPTS = {
     "syngen_sd15": "a pink sunflower and a yellow flamingo",
     "syngen_flux": "a pink sunflower and a yellow flamingo",
+    "syngen_sd35": "a pink sunflower and a yellow flamingo",
     "divide_and_bind_sd15": "a purple dog and a green bench on the street, snowy driving scene",
     "attend_and_excite_sd15": "a cat and a frog",
 }
@@ -164,12 +166,14 @@ def test_control_after_generate_value_is_not_sent(object_info):
 @pytest.mark.parametrize("path", UI_PATHS, ids=IDS)
 def test_api_twin_runs_on_tiny_checkpoint(path, harness, tiny_checkpoint):
     api = load_json(api_twin_path(path))
-    if any(node["class_type"] == "UNETLoader" for node in api.values()):  # Flux.1: tiny stand-in loaders
-        from conftest import TEST_CACHE
-        from tiny_dit_models import register_tiny_flux_nodes, use_tiny_flux
+    from tiny_dit_models import dit_arch
 
-        register_tiny_flux_nodes(harness.nodes, TEST_CACHE)
-        prompt = use_tiny_flux(api, size=128, steps=4)
+    if dit_arch(api):  # Flux.1 / SD3: tiny stand-in loaders
+        from conftest import TEST_CACHE
+        from tiny_dit_models import register_tiny_dit_nodes, use_tiny_dit
+
+        register_tiny_dit_nodes(harness.nodes, TEST_CACHE)
+        prompt = use_tiny_dit(api, size=128, steps=4)
     else:
         prompt = patch_for_test(api, tiny_checkpoint, size=128, steps=4)
     outputs = harness.run_prompt(prompt)

@@ -154,7 +154,8 @@ def tiny_sd3_clip(seed: int = 1) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The tiny Flux model in a graph: stand-ins for the loader nodes of workflows/syngen_flux.json (tests and demo only).
+# Tiny DiT models in a graph: stand-ins for the loader nodes of workflows/syngen_flux.json and syngen_sd35.json
+# (tests and demo only).
 
 
 def tiny_flux_vae(seed: int = 2) -> Any:
@@ -167,40 +168,58 @@ def tiny_flux_vae(seed: int = 2) -> Any:
     return comfy.sd.VAE(sd=taesd.state_dict())
 
 
-def _loader_node(name: str, kind: str, make: Any) -> type:
+def _loader_node(name: str, kinds: tuple[str, ...], make: Any) -> type:
     def load(self: Any) -> tuple:
-        return (make(),)
+        made = make()
+        return made if isinstance(made, tuple) else (made,)
 
-    return type(name, (), {"INPUT_TYPES": classmethod(lambda cls: {"required": {}}), "RETURN_TYPES": (kind,),
+    return type(name, (), {"INPUT_TYPES": classmethod(lambda cls: {"required": {}}), "RETURN_TYPES": kinds,
                            "FUNCTION": "load", "CATEGORY": "testing", "load": load})
 
 
-TINY_FLUX_LOADERS = {"UNETLoader": "TinyFluxModelLoader", "DualCLIPLoader": "TinyFluxCLIPLoader",
-                     "VAELoader": "TinyFluxVAELoader"}
-"""The loader nodes of a Flux workflow and the test nodes that stand in for them."""
+STAND_INS = {
+    "flux": {"UNETLoader": "TinyFluxModelLoader", "DualCLIPLoader": "TinyFluxCLIPLoader",
+             "VAELoader": "TinyFluxVAELoader"},
+    "sd3": {"CheckpointLoaderSimple": "TinySD3CheckpointLoader", "TripleCLIPLoader": "TinySD3CLIPLoader"},
+}
+"""Per tiny DiT family: the loader nodes of its workflow and the test nodes that stand in for them."""
 
 
-def tiny_flux_node_classes(folder: Path) -> dict[str, type]:
-    """The stand-in loader node classes by name (``folder`` caches the text encoder files)."""
-    makers = {"TinyFluxModelLoader": ("MODEL", tiny_flux_model),
-              "TinyFluxCLIPLoader": ("CLIP", lambda: load_flux_clip(folder)),
-              "TinyFluxVAELoader": ("VAE", tiny_flux_vae)}
-    return {name: _loader_node(name, kind, make) for name, (kind, make) in makers.items()}
+def tiny_dit_node_classes(folder: Path) -> dict[str, type]:
+    """The stand-in loader node classes by name (``folder`` caches the Flux text encoder files)."""
+    makers = {
+        "TinyFluxModelLoader": (("MODEL",), tiny_flux_model),
+        "TinyFluxCLIPLoader": (("CLIP",), lambda: load_flux_clip(folder)),
+        "TinyFluxVAELoader": (("VAE",), tiny_flux_vae),
+        "TinySD3CheckpointLoader": (("MODEL", "CLIP", "VAE"), lambda: (tiny_sd3_model(), tiny_sd3_clip(),
+                                                                       tiny_flux_vae())),
+        "TinySD3CLIPLoader": (("CLIP",), tiny_sd3_clip),
+    }
+    return {name: _loader_node(name, kinds, make) for name, (kinds, make) in makers.items()}
 
 
-def register_tiny_flux_nodes(nodes_module: Any, folder: Path) -> None:
-    """Add the stand-in loader nodes to ComfyUI's node mappings (``folder`` caches the text encoder files)."""
-    nodes_module.NODE_CLASS_MAPPINGS.update(tiny_flux_node_classes(folder))
+def register_tiny_dit_nodes(nodes_module: Any, folder: Path) -> None:
+    """Add the stand-in loader nodes to ComfyUI's node mappings."""
+    nodes_module.NODE_CLASS_MAPPINGS.update(tiny_dit_node_classes(folder))
 
 
-def use_tiny_flux(prompt: dict, size: int = 128, steps: int = 4) -> dict:
-    """A copy of a Flux API prompt whose loaders are the tiny stand-ins, at ``size`` px and ``steps`` steps."""
+def dit_arch(prompt: dict) -> str | None:
+    """The tiny DiT family whose stand-ins an API prompt needs ("sd3", "flux"), or None for a UNet workflow."""
+    kinds = {node["class_type"] for node in prompt.values()}
+    if "TripleCLIPLoader" in kinds:
+        return "sd3"
+    return "flux" if "UNETLoader" in kinds else None
+
+
+def use_tiny_dit(prompt: dict, size: int = 128, steps: int = 4) -> dict:
+    """A copy of a Flux/SD3 API prompt whose loaders are the tiny stand-ins, at ``size`` px and ``steps`` steps."""
     import json
 
+    stand_ins = STAND_INS[dit_arch(prompt) or "flux"]
     patched = json.loads(json.dumps(prompt))
     for node in patched.values():
-        if node["class_type"] in TINY_FLUX_LOADERS:
-            node["class_type"] = TINY_FLUX_LOADERS[node["class_type"]]
+        if node["class_type"] in stand_ins:
+            node["class_type"] = stand_ins[node["class_type"]]
             node["inputs"] = {}
         elif node["class_type"] == "EmptySD3LatentImage":
             node["inputs"].update(width=size, height=size, batch_size=1)

@@ -228,7 +228,7 @@ def check_ui_workflow(ui: dict, object_info: dict) -> list[str]:
     return problems
 
 
-MODEL_FILE_INPUTS = {"ckpt_name", "unet_name", "clip_name", "clip_name1", "clip_name2", "vae_name"}
+MODEL_FILE_INPUTS = {"ckpt_name", "unet_name", "clip_name", "clip_name1", "clip_name2", "clip_name3", "vae_name"}
 """Loader inputs that name model files: their choices are whatever the machine has."""
 
 
