@@ -156,11 +156,12 @@ def test_each_method_lowers_its_loss_at_every_guided_step(harness: Any, sd3: dic
 
 def test_fast_mode_update_lowers_the_loss_at_the_next_step(harness: Any, sd3: dict) -> None:
     out, report = guided(harness, sd3, config(harness, mode="fast"), cfg=4.5)
-    unguided = guided(harness, sd3, config(harness, mode="fast", step_size=0.0), cfg=4.5)[1]
+    unguided_out, unguided = guided(harness, sd3, config(harness, mode="fast", step_size=0.0), cfg=4.5)
     assert report.steps[0].stepped
     assert report.steps[1].loss_before < unguided.steps[1].loss_before
-    assert torch.allclose(guided(harness, sd3, config(harness, mode="fast", step_size=0.0), cfg=4.5)[0],
-                          stock(sd3, cfg=4.5), rtol=1e-4, atol=1e-4)
+    plain = stock(sd3, cfg=4.5)
+    assert torch.allclose(unguided_out, plain, rtol=1e-4, atol=1e-4)  # the capture leaves the prediction alone
+    assert (out - plain).abs().max() > 1e-4
 
 
 def test_batch_of_two_then_a_plain_run_is_bit_identical(harness: Any, sd3: dict) -> None:
