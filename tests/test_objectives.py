@@ -15,7 +15,7 @@ from binding_guidance.binding_losses import (
     make_objective,
     subject_words,
 )
-from binding_guidance.binding_losses.objectives import eot_columns
+from binding_guidance.binding_losses.subjects import eot_columns
 
 # "a red apple and a green leather bag": 2 red, 3 apple, 6 green, 7 leather, 8 bag
 LAYOUT = TokenLayout(
@@ -36,9 +36,9 @@ def attention(batch: int = 2, dtype: torch.dtype = torch.float32) -> dict[int, A
 
 def test_registry_names_and_defaults() -> None:
     assert METHODS == {"syngen", "syngen_entropy", "divide_and_bind", "attend_and_excite", "tsam"}
-    assert default_params("syngen") == {
-        "scale_factor": 20.0, "guided_fraction": 0.5, "main_factor": None, "include_entities": False
-    }
+    # main_factor is a sampler setting (GuidanceConfig / Binding Guidance Options), not a method hyperparameter.
+    assert default_params("syngen") == {"scale_factor": 20.0, "guided_fraction": 0.5, "include_entities": False}
+    assert not any("main_factor" in default_params(method) for method in METHODS)
     entropy = default_params("syngen_entropy")
     assert entropy["lambda_entropy"] == 0.05 and entropy["gamma_entropy"] == 0.05
     assert entropy["entropy_neg_mode"] == "as_written"
