@@ -213,6 +213,22 @@ class DivideBindObjective(SubjectObjective):
             out |= {f for f in (main_factor // 2, main_factor // 4) if f >= 1}
         return out
 
+    def _attribute_source(
+        self, attn: Mapping[int, AttentionLevel], main: int, size: tuple[int, int]
+    ) -> torch.Tensor | None:
+        """Attribute maps: levels ``main/2`` and ``main/4`` downsampled to ``size``, merged by map count."""
+        total: torch.Tensor | None = None
+        count = 0
+        for factor in sorted({main // 2, main // 4}):
+            if factor < 1 or factor == main or factor not in attn:
+                continue
+            level = attn[factor]
+            weight = max(int(level.count), 1)
+            maps = downsample_nearest(fp32_maps(level), size) * weight
+            total = maps if total is None else total + maps
+            count += weight
+        return None if total is None else total / count
+
     def loss(
         self,
         attn: Mapping[int, AttentionLevel],
@@ -226,7 +242,7 @@ class DivideBindObjective(SubjectObjective):
         attributes = attribute_words(layout)
         source = None
         if self.loss_mode == "tv_bind" and any(attributes):
-            source = attribute_source(attn, max(attn), (maps.shape[-2], maps.shape[-1]))
+            source = self._attribute_source(attn, max(attn), (maps.shape[-2], maps.shape[-1]))
         weight = divide_bind_weight(step, num_steps, self.bind_weights)
         out = divide_bind_breakdown(
             maps,
@@ -253,20 +269,3 @@ class DivideBindObjective(SubjectObjective):
         assert self.thresholds is not None
         cap = DB_REFINEMENT_CAPS[self.refinement_caps][phase]
         return Refinement(cap, metric_below(self.thresholds[phase]))
-
-
-def attribute_source(
-    attn: Mapping[int, AttentionLevel], main: int, size: tuple[int, int]
-) -> torch.Tensor | None:
-    """D&B's attribute maps: levels ``main/2`` and ``main/4`` downsampled to ``size``, merged by map count."""
-    total: torch.Tensor | None = None
-    count = 0
-    for factor in sorted({main // 2, main // 4}):
-        if factor < 1 or factor == main or factor not in attn:
-            continue
-        level = attn[factor]
-        weight = max(int(level.count), 1)
-        maps = downsample_nearest(fp32_maps(level), size) * weight
-        total = maps if total is None else total + maps
-        count += weight
-    return None if total is None else total / count
