@@ -153,10 +153,10 @@ class ConstantSchedule(Objective):
     indices ``i < round(guided_fraction * N)`` with a constant step ``scale_factor`` (SynGen's schedule)."""
 
     scale_factor: float = setting(
-        20.0, "latent step size of the gradient update (the node's step_size widget)", bounds=STEP_SIZE
+        20.0, "latent step size of the gradient update (`scale_factor` in advanced)", bounds=STEP_SIZE
     )
     guided_fraction: float = setting(
-        0.5, "fraction of the sampling steps that are guided, from the first (the node's widget)", bounds=FRACTION
+        0.5, "fraction of the sampling steps that are guided, from the first", bounds=FRACTION
     )
 
     def __post_init__(self) -> None:

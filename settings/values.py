@@ -98,11 +98,11 @@ class Setting:
         elif self.kind is bool:
             text = "true or false"
         elif self.tuple_length is not None:
-            text = f"{self.tuple_length} numbers, each {declared.bounds.describe()}" if declared.bounds else ""
+            text = f"each {declared.bounds.describe()}" if declared.bounds else "numbers"
         else:
             text = declared.bounds.describe() if declared.bounds else "any text"
         if self.optional:
-            text += " or none" if declared.off is None else f"; {declared.off!r} = off"
+            text += ", or none" if declared.off is None else f"; {declared.off:g} = off"
         return text
 
     def convert(self, value: Any) -> Any:
@@ -112,7 +112,7 @@ class Setting:
         converted = self._typed(value)
         if self.optional and self.declaration.off is not None and converted == self.declaration.off:
             return None
-        self._check(converted)
+        self._check(converted, value)
         return converted
 
     def _typed(self, value: Any) -> Any:
@@ -136,14 +136,14 @@ class Setting:
             pass
         raise self.refusal(value, _type_words(self))
 
-    def _check(self, value: Any) -> None:
+    def _check(self, value: Any, given: Any) -> None:
         declared = self.declaration
         if declared.choices is not None and value not in declared.choices:
-            raise self.refusal(value, _or_list(declared.choices))
+            raise self.refusal(value if self.kind is str else given, _or_list(declared.choices))
         if declared.bounds is not None:
             items = value if isinstance(value, tuple) else (value,)
             if any(item not in declared.bounds for item in items):
-                raise self.refusal(value, self.describe())
+                raise self.refusal(given, self.describe())
 
     def refusal(self, value: Any, requirement: str) -> SettingError:
         """The error for a refused ``value``: names the setting, the value, the requirement and the default."""
@@ -249,12 +249,37 @@ def widget_spec(item: Setting, tooltip: str | None = None, **extra: Any) -> tupl
     return ("INT" if item.kind is int else "FLOAT", options)
 
 
+_TABLE_TYPES = {bool: "boolean", int: "integer", float: "number", str: "choice"}
+
+
 def settings_table(items: Mapping[str, Setting], skip: Iterable[str] = ()) -> str:
     """A Markdown table ``| key | type | range | default | meaning |`` of ``items`` (the help page's tables)."""
     rows = ["| key | type | range | default | meaning |", "|---|---|---|---|---|"]
     for name, item in items.items():
         if name in skip:
             continue
-        kind = f"{item.tuple_length} numbers" if item.tuple_length else item.kind.__name__
-        rows.append(f"| `{name}` | {kind} | {item.describe()} | `{_shown_default(item.default)}` | {item.doc} |")
+        kind = _TABLE_TYPES.get(item.kind, f"{item.tuple_length} numbers")
+        accepts = item.describe().replace("'", "`")
+        default = item.declaration.off if item.default is None and item.declaration.off is not None else item.default
+        rows.append(f"| `{name}` | {kind} | {accepts} | `{_shown_default(default).strip(chr(39))}` | {item.doc} |")
     return "\n".join(rows)
+
+
+def fill_tables(page: str, tables: Mapping[str, str]) -> str:
+    """``page`` with the text between each ``<!-- table:NAME -->`` line and the next ``<!-- /table -->`` line
+    replaced by ``tables[NAME]`` (how the help pages keep their generated tables)."""
+    out: list[str] = []
+    skipping = False
+    for line in page.splitlines():
+        if line.startswith("<!-- table:") and line.endswith(" -->"):
+            name = line[len("<!-- table:") : -len(" -->")]
+            if name not in tables:
+                raise KeyError(f"no table named {name!r}")
+            out += [line, tables[name]]
+            skipping = True
+        elif line == "<!-- /table -->":
+            out.append(line)
+            skipping = False
+        elif not skipping:
+            out.append(line)
+    return "\n".join(out) + "\n"
