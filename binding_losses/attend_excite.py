@@ -105,14 +105,8 @@ class AttendExciteObjective(SubjectObjective):
     kernel_size: int = setting(DEFAULT_KERNEL_SIZE, "Gaussian smoothing kernel size (odd)", choices=KERNEL_SIZES)
     sigma: float = setting(DEFAULT_SIGMA, "Gaussian smoothing sigma", bounds=SIGMA)
 
-    def loss(
-        self,
-        attn: Mapping[int, AttentionLevel],
-        layout: TokenLayout,
-        step: int,
-        num_steps: int,
-        text_self_attention: torch.Tensor | None = None,
-    ) -> LossResult:
+    def loss(self, attn: Mapping[int, AttentionLevel], layout: TokenLayout, step: int, num_steps: int,
+             text_self_attention: torch.Tensor | None = None) -> LossResult:
         """A&E loss on the main level; ``terms["maxima"]`` is ``[B, S]``."""
         maps = fp32_maps(select_main_level(attn))
         subjects = subject_words(layout)

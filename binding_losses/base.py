@@ -123,14 +123,8 @@ class Objective:
         """Attention levels needed, keyed by downsampling factor from the latent."""
         return {main_factor}
 
-    def loss(
-        self,
-        attn: Mapping[int, AttentionLevel],
-        layout: TokenLayout,
-        step: int,
-        num_steps: int,
-        text_self_attention: torch.Tensor | None = None,
-    ) -> LossResult:
+    def loss(self, attn: Mapping[int, AttentionLevel], layout: TokenLayout, step: int, num_steps: int,
+             text_self_attention: torch.Tensor | None = None) -> LossResult:
         """Compute the loss on recorded attention at loop index ``step`` of ``num_steps``."""
         raise NotImplementedError
 

@@ -229,14 +229,8 @@ class DivideBindObjective(SubjectObjective):
             count += weight
         return None if total is None else total / count
 
-    def loss(
-        self,
-        attn: Mapping[int, AttentionLevel],
-        layout: TokenLayout,
-        step: int,
-        num_steps: int,
-        text_self_attention: torch.Tensor | None = None,
-    ) -> LossResult:
+    def loss(self, attn: Mapping[int, AttentionLevel], layout: TokenLayout, step: int, num_steps: int,
+             text_self_attention: torch.Tensor | None = None) -> LossResult:
         """D&B loss; ``metric`` is the refinement indicator (min TV, or min max-attention in ``max`` mode)."""
         maps = fp32_maps(select_main_level(attn))
         attributes = attribute_words(layout)

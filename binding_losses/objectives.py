@@ -102,14 +102,8 @@ class ObjectiveChain(Objective):
             out |= obj.levels(main_factor)
         return out
 
-    def loss(
-        self,
-        attn: Mapping[int, AttentionLevel],
-        layout: TokenLayout,
-        step: int,
-        num_steps: int,
-        text_self_attention: torch.Tensor | None = None,
-    ) -> LossResult:
+    def loss(self, attn: Mapping[int, AttentionLevel], layout: TokenLayout, step: int, num_steps: int,
+             text_self_attention: torch.Tensor | None = None) -> LossResult:
         """``sum_j w_j * L_j``; terms are prefixed ``"<index>.<name>."``."""
         total: torch.Tensor | None = None
         metric: torch.Tensor | None = None

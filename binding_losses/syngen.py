@@ -174,14 +174,8 @@ class SynGenObjective(ConstantSchedule):
         """SynGen guides only when some entity has a modifier (or every entity, with ``include_entities``)."""
         return bool(self._bindings(layout))
 
-    def loss(
-        self,
-        attn: Mapping[int, AttentionLevel],
-        layout: TokenLayout,
-        step: int,
-        num_steps: int,
-        text_self_attention: torch.Tensor | None = None,
-    ) -> LossResult:
+    def loss(self, attn: Mapping[int, AttentionLevel], layout: TokenLayout, step: int, num_steps: int,
+             text_self_attention: torch.Tensor | None = None) -> LossResult:
         """SynGen loss on the main level's raw maps."""
         maps = fp32_maps(select_main_level(attn))
         out = syngen_breakdown(maps, self._bindings(layout), layout.prompt_positions, **self._breakdown_kwargs())

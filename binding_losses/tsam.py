@@ -178,14 +178,8 @@ class TSAMObjective(DecayingSchedule):
         if self.guided_fraction is None:
             self.guided_fraction = 0.6 if self.loss_type == "code" else 0.5
 
-    def loss(
-        self,
-        attn: Mapping[int, AttentionLevel],
-        layout: TokenLayout,
-        step: int,
-        num_steps: int,
-        text_self_attention: torch.Tensor | None = None,
-    ) -> LossResult:
+    def loss(self, attn: Mapping[int, AttentionLevel], layout: TokenLayout, step: int, num_steps: int,
+             text_self_attention: torch.Tensor | None = None) -> LossResult:
         """T-SAM loss; ``terms["num_tokens"]`` carries n for the refinement threshold."""
         maps = fp32_maps(select_main_level(attn))
         positions = [p for p in layout.prompt_positions if p < CHUNK_SIZE]

@@ -83,7 +83,7 @@ def test_advanced_cannot_bypass_the_widget_ranges(config_node: Any) -> None:
     assert (step_size["min"], step_size["max"]) == (0.0, 1000.0)
     with pytest.raises(ValueError, match=r"scale_factor must be ≥ 0 and ≤ 1000, got 1000.5 \(default 20.0\)"):
         config_node.check_advanced("scale_factor = 1000.5")
-    with pytest.raises(ValueError, match="scale_factor must be ≥ 0 and ≤ 1000, got 1000.5"):
+    with pytest.raises(ValueError, match=r"scale_factor must be ≥ 0 and ≤ 1000, got 1000.5"):
         config_node.build_config("syngen", 20.0, 0.5, "scale_factor = 1000.5")
     with pytest.raises(ValueError, match="scale_factor must be ≥ 0 and ≤ 1000, got nan"):
         config_node.build_config("syngen", math.nan, 0.5)  # a NaN widget value sent to /prompt
@@ -95,7 +95,7 @@ def test_a_key_of_another_method_is_refused_when_the_node_runs(config_node: Any)
     config_node.check_advanced("tv_variant = fixed")  # some method has it: validation cannot know the method
     with pytest.raises(ValueError, match=r"unknown parameter\(s\) \['tv_variant'\] for method 'syngen'"):
         config_node.build_config("syngen", 20.0, 0.5, "tv_variant = fixed")
-    with pytest.raises(ValueError, match="unknown parameter 'tv_varient'; valid parameters: .*'tv_variant'"):
+    with pytest.raises(ValueError, match=r"unknown parameter 'tv_varient'; valid parameters: .*'tv_variant'"):
         config_node.check_advanced("tv_varient = fixed")
 
 

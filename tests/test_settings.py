@@ -97,7 +97,8 @@ def test_refusals_name_the_requirement() -> None:
         with pytest.raises(SettingError) as refused:
             Example(**{key: value})
         assert str(refused.value).startswith(expected), (key, str(refused.value))
-    with pytest.raises(SettingError, match=r"triple must be each ≥ 0 and ≤ 1, got 0.5, 2, 0.1 \(default \(0.1, 0.2, 0.3\)\)"):
+    with pytest.raises(SettingError,
+                       match=r"triple must be each ≥ 0 and ≤ 1, got 0.5, 2, 0.1 \(default \(0.1, 0.2, 0.3\)\)"):
         Example(triple="0.5, 2, 0.1")
     with pytest.raises(SettingError, match="count must be a whole number"):
         Example(count=2.5)
