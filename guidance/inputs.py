@@ -51,7 +51,7 @@ class GuidanceOptions:
         None,
         "early exit: once the loss at a guided step is below this value, the remaining steps are not guided; "
         "0 never stops early",
-        bounds=Bounds(0.0, 1000.0),
+        bounds=Bounds(0.0, 1e9),
         off=0.0,
     )
     guidance_attention: str = setting(

@@ -91,6 +91,14 @@ def test_advanced_cannot_bypass_the_widget_ranges(config_node: Any) -> None:
         config_node.build_config("syngen", 20.0, 0.5, weight=math.inf)
 
 
+def test_advanced_keys_reach_the_objective_with_their_declared_defaults(config_node: Any) -> None:
+    """Only the keys given are passed on, so defaults that depend on another key resolve (D&B's max thresholds)."""
+    maximum = config_node.build_config("divide_and_bind", 20.0, 0.5, "loss_mode = max").objective.terms[0][1]
+    assert maximum.thresholds == (0.05, 0.5, 0.8) and maximum.loss_mode == "max"
+    paper = config_node.build_config("tsam", 10.0, 0.5, "loss_type = paper").objective.terms[0][1]
+    assert (paper.scale_factor, paper.guided_fraction, paper.loss_type) == (10.0, 0.5, "paper")
+
+
 def test_a_key_of_another_method_is_refused_when_the_node_runs(config_node: Any) -> None:
     config_node.check_advanced("tv_variant = fixed")  # some method has it: validation cannot know the method
     with pytest.raises(ValueError, match=r"unknown parameter\(s\) \['tv_variant'\] for method 'syngen'"):
