@@ -17,6 +17,7 @@ from binding_guidance.binding_losses.objectives import (
     DivideBindObjective,
     Objective,
     TSAMObjective,
+    make_objective,
 )
 from binding_guidance.binding_losses.refinement import refine
 from binding_guidance.binding_losses.tsam import cross_attention_similarity, row_normalize, text_attention_matrix
@@ -194,6 +195,17 @@ def test_tsam_crossing_case_is_the_one_the_issue_describes() -> None:
 
 
 # --- The fixed variant ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["attend_and_excite", "divide_and_bind", "tsam"])
+def test_stop_rule_defaults_to_faithful_and_names_bad_values(method: str) -> None:
+    objective = make_objective(method)
+    refinement = objective.refinement(0, 50)
+    assert objective.stop_rule == "faithful" and refinement is not None and refinement.lagged  # type: ignore[attr-defined]
+    fixed = make_objective(method, stop_rule="fixed").refinement(0, 50)
+    assert fixed is not None and not fixed.lagged
+    with pytest.raises(ValueError, match=r"stop_rule must be one of \('faithful', 'fixed'\), got 'late'"):
+        make_objective(method, stop_rule="late")
 
 
 def test_fixed_stop_rule_takes_one_update_fewer_on_crossing_cases() -> None:
