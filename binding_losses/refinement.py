@@ -71,9 +71,9 @@ def refine(
     """Evaluate the loss at ``z`` and run the objective's refinement at loop index ``step``, if it has one.
 
     Each update is ``z ← z − step_size · ∇_z L``. ``step_size`` is a float or a tensor that broadcasts to ``z``
-    (the sampler's α/c², times the inpainting mask). Every latent is evaluated exactly once: refine makes
-    ``1 + iterations`` calls to ``loss_and_grad``. The reference also reruns the starting latent, and makes a
-    last pass after the loop, which the returned ``result`` and ``grad`` replace. Judging one update late
+    (the sampler's α/c², times the inpainting mask). Every latent is evaluated once, so refine calls
+    ``loss_and_grad`` ``1 + iterations`` times when every update moves the latent. The reference also reruns the
+    starting latent and makes a last pass after the loop; the returned ``result`` and ``grad`` replace that pass. Judging one update late
     (``Refinement.lagged``) costs no extra pass: the judged result is one already computed. A zero loss makes no
     update (the reference's ``if loss != 0``): the iteration counts and the latent and its result stay.
     """
