@@ -73,9 +73,10 @@ def refine(
     Each update is ``z ← z − step_size · ∇_z L``. ``step_size`` is a float or a tensor that broadcasts to ``z``
     (the sampler's α/c², times the inpainting mask). Every latent is evaluated once, so refine calls
     ``loss_and_grad`` ``1 + iterations`` times when every update moves the latent. The reference also reruns the
-    starting latent and makes a last pass after the loop; the returned ``result`` and ``grad`` replace that pass. Judging one update late
-    (``Refinement.lagged``) costs no extra pass: the judged result is one already computed. A zero loss makes no
-    update (the reference's ``if loss != 0``): the iteration counts and the latent and its result stay.
+    starting latent and makes a last pass after the loop; the returned ``result`` and ``grad`` replace that pass.
+    Judging one update late (``Refinement.lagged``) costs no extra pass: the judged result is one already computed.
+    A zero loss makes no update (the reference's ``if loss != 0``): the iteration counts, and the latent and its
+    result stay.
     """
     result, grad = loss_and_grad(z)
     loss = summed_loss(result)
