@@ -126,5 +126,7 @@ class AttendExciteObjective(SubjectObjective):
         return LossResult(total=total, metric=total.detach(), terms={"maxima": maxima.detach()})
 
     def refinement_at(self, phase: int) -> Refinement:
-        """Continue while loss > 1 - threshold, at most ``max_refinement_steps``."""
-        return Refinement(self.max_refinement_steps, metric_above(1.0 - self.thresholds[phase]))
+        """Continue while loss > 1 - threshold, at most ``max_refinement_steps`` (``stop_rule`` faithful: judged
+        one update late, as the reference)."""
+        rule = metric_above(1.0 - self.thresholds[phase])
+        return Refinement(self.max_refinement_steps, rule, lagged=self.stop_rule == "faithful")

@@ -13,7 +13,14 @@ from ._util import as_batched, zero_total
 from .attend_excite import subject_maps
 from .base import WEIGHT, LossResult, Refinement, fp32_maps, metric_below, select_main_level
 from .distances import jsd
-from .schedules import DB_BIND_WEIGHTS, DB_MAX_THRESHOLDS, DB_REFINEMENT_CAPS, DB_TV_THRESHOLDS, divide_bind_weight
+from .schedules import (
+    DB_BIND_WEIGHTS,
+    DB_MAX_THRESHOLDS,
+    DB_REFINEMENT_CAPS,
+    DB_TV_THRESHOLDS,
+    divide_bind_refinement_caps,
+    divide_bind_weight,
+)
 from .smoothing import DEFAULT_KERNEL_SIZE, DEFAULT_SIGMA, downsample_nearest
 from .subjects import SubjectObjective, attribute_words, subject_words
 from .token_maps import CHUNK_SIZE, ColumnRange
@@ -186,7 +193,9 @@ class DivideBindObjective(SubjectObjective):
         bounds=DB_THRESHOLDS,
     )
     refinement_caps: str = setting(
-        "paper", "iteration caps at the refinement points: paper (50, 20, 20) or latest (100, 50, 50)",
+        "paper",
+        "iteration caps at the refinement points: paper (50, 20, 20), in `max` mode (20, 20, 20); latest "
+        "(100, 50, 50)",
         choices=tuple(DB_REFINEMENT_CAPS),
     )
     bind_weights: tuple[float, float, float] = setting(
@@ -259,7 +268,8 @@ class DivideBindObjective(SubjectObjective):
         return LossResult(total=out.total, metric=out.indicator, terms=terms)
 
     def refinement_at(self, phase: int) -> Refinement:
-        """Continue while the indicator is below the threshold, up to the cap."""
+        """Continue while the indicator is below the threshold, up to the cap (``stop_rule`` faithful: judged one
+        update late, as the reference)."""
         assert self.thresholds is not None
-        cap = DB_REFINEMENT_CAPS[self.refinement_caps][phase]
-        return Refinement(cap, metric_below(self.thresholds[phase]))
+        cap = divide_bind_refinement_caps(self.refinement_caps, self.loss_mode)[phase]
+        return Refinement(cap, metric_below(self.thresholds[phase]), lagged=self.stop_rule == "faithful")

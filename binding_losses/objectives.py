@@ -15,7 +15,7 @@ import torch
 
 from ..settings import Setting, convert_fields, declared_settings, setting, unknown_keys_error
 from .attend_excite import AttendExciteObjective
-from .base import WEIGHT, LossResult, Objective, Refinement
+from .base import STOP_RULES, WEIGHT, LossResult, Objective, Refinement
 from .divide_bind import DivideBindObjective
 from .schedules import decaying_step_size
 from .syngen import SynGenEntropyObjective, SynGenObjective
@@ -136,6 +136,7 @@ class ObjectiveChain(Objective):
 
 __all__ = [
     "METHODS",
+    "STOP_RULES",
     "AttendExciteObjective",
     "ChainTerm",
     "DivideBindObjective",

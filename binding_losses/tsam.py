@@ -130,7 +130,6 @@ def tsam_loss(
     return terms.sum(dim=-1)
 
 
-TSAM_STOP_RULES = ("faithful", "fixed")
 TSAM_POWER = Bounds(0.0, 10.0, exclusive_minimum=True)
 TSAM_ROW_WEIGHT = Bounds(0.0, 10.0)
 
@@ -141,10 +140,10 @@ class TSAMObjective(DecayingSchedule):
     ``scale_factor`` / ``guided_fraction`` left as ``None`` take the loss type's defaults.
 
     Refinement runs at every refinement point (no entry test), up to ``refinement_iterations`` (30).
-    ``stop_rule="faithful"`` keeps the reference's inverted rule: after ``break_iteration`` (20) iterations it
-    stops if the loss is still above τ(n), otherwise runs on to 30. ``"fixed"`` stops as soon as loss <= τ(n).
-    τ(n) = 0.14 (n - 1); faithful mode uses the reference table for n in {5, 6, 7} and falls back to this
-    formula for any other n (the reference raises ``KeyError`` there).
+    ``stop_rule="faithful"`` keeps the reference's inverted rule: after ``break_iteration`` (20) updates it
+    stops if the loss of the latent before the last update is still above τ(n), otherwise runs on to 30.
+    ``"fixed"`` stops as soon as the newest latent's loss is <= τ(n). τ(n) = 0.14 (n - 1) for every n (the
+    reference raises ``KeyError`` outside n in {5, 6, 7}).
 
     ``text_self_attention`` passed to :meth:`loss` is the raw T' averaged over layers and heads,
     ``[L, L]`` or ``[B, L, L]``, including SOT at 0 and EOT at n + 1 (``L >= n + 2``, e.g. the full 77x77);
@@ -166,10 +165,6 @@ class TSAMObjective(DecayingSchedule):
         hint="use 'refine = false' to switch refinement off",
     )
     break_iteration: int = setting(20, "iteration after which the stop rule applies", bounds=Bounds(0, 1000))
-    stop_rule: str = setting(
-        "faithful", "`faithful` keeps the reference's inverted stop rule; `fixed` stops once the loss is low",
-        choices=TSAM_STOP_RULES,
-    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -212,10 +207,10 @@ class TSAMObjective(DecayingSchedule):
 
         def rule(result: LossResult, done: int) -> bool:
             n = int(result.terms["num_tokens"].item()) if "num_tokens" in result.terms else 0
-            tau = tsam_threshold(n, "faithful" if faithful else "fixed")
+            tau = tsam_threshold(n)
             loss = result.metric.detach()
             if faithful:
                 return done != break_at or bool((loss <= tau).any())
             return bool((loss > tau).any())
 
-        return Refinement(self.refinement_iterations, rule)
+        return Refinement(self.refinement_iterations, rule, lagged=faithful)
