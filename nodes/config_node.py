@@ -1,5 +1,10 @@
 """Binding Loss Config (method and hyperparameters, chainable into a weighted sum) and Binding Guidance Options
-(the sampler-level settings). Every widget's type and range comes from a declared setting."""
+(the sampler-level settings). Every widget's type and range comes from a declared setting.
+
+The sampler settings are a node of their own, not five more widgets on every config: they hold for the whole run,
+not for one loss term, so a chain needs them once; most workflows never touch them; and an optional link input
+adds no value to the config's ``widgets_values``, so workflows saved before it load unchanged.
+"""
 
 from __future__ import annotations
 
@@ -229,6 +234,16 @@ class BindingGuidanceOptions:
         specs = {name: widget_spec(item) for name, item in declared_settings(GuidanceOptions).items()}
         specs["stop_below"][1]["step"] = 0.01
         return {"required": specs}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, stop_below: float) -> bool | str:  # noqa: N802  (ComfyUI API name)
+        """Refuse a NaN stop_below before the graph runs (ComfyUI's own min/max check lets NaN through); the other
+        inputs are combos and a boolean, which ComfyUI checks itself."""
+        try:
+            declared_settings(GuidanceOptions)["stop_below"].convert(stop_below)
+        except SettingError as error:
+            return str(error)
+        return True
 
     def configure(self, **values: Any) -> tuple[GuidanceOptions]:
         return (GuidanceOptions(**values),)

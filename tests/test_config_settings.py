@@ -146,6 +146,20 @@ def test_bad_advanced_values_are_flagged_under_advanced_only(harness: Any, tiny_
     assert _node_errors(_legacy_graph("syngen_sd15", tiny_checkpoint, advanced="refine = false\nsmooth = true")) == {}
 
 
+def test_a_nan_stop_below_is_flagged_on_the_options_node_only(harness: Any, tiny_checkpoint: str) -> None:
+    graph = _legacy_graph("syngen_sd15", tiny_checkpoint, options=["12", 0])
+    widgets = {**SAMPLER_KEYS, "stop_below": math.nan, "measure_after_step": False}
+    graph["12"] = {"class_type": "BindingGuidanceOptions", "inputs": widgets}
+    errors = _node_errors(graph)
+    assert list(errors) == ["12"]
+    assert [error["extra_info"]["input_name"] for error in errors["12"]["errors"]] == ["stop_below"]
+    assert "stop_below must be ≥ 0 and ≤ 1e+09; 0 = off, got nan (default none)" in errors["12"]["errors"][0]["details"]
+    graph["12"]["inputs"]["stop_below"] = 2e9  # still refused without ComfyUI's own max check
+    assert [e["extra_info"]["input_name"] for e in _node_errors(graph)["12"]["errors"]] == ["stop_below"]
+    graph["12"]["inputs"].update(stop_below=0.5, main_factor="3")
+    assert [e["type"] for e in _node_errors(graph)["12"]["errors"]] == ["value_not_in_list"]
+
+
 @pytest.mark.parametrize("path", LEGACY_UI, ids=[p.stem for p in LEGACY_UI])
 def test_workflows_saved_before_the_change_still_load_and_validate(
     path: Path, harness: Any, tiny_checkpoint: str
