@@ -119,7 +119,7 @@ class Setting:
         length = self.tuple_length
         try:
             if length is not None:
-                items = value.replace("(", "").replace(")", "").split(",") if isinstance(value, str) else list(value)
+                items = value.strip(" ()[]").split(",") if isinstance(value, str) else list(value)
                 out = tuple(_number(item, float) for item in items)
                 if len(out) == length:
                     return out

@@ -66,6 +66,7 @@ def test_text_and_python_values_convert_once_to_the_declared_type() -> None:
                    maybe="none", stop="0")
     assert (text.size, text.count, text.flag, text.mode, text.level) == (10.0, 5, False, "fixed", 2)
     assert text.triple == (0.5, 0.6, 0.7) and text.maybe is None and text.stop is None
+    assert Example(triple="[0.5, 0.6, 0.7]").triple == Example(triple="0.5,0.6,0.7").triple == (0.5, 0.6, 0.7)
     typed = Example(size=10, count=5.0, triple=[0.5, 0.6, 0.7], maybe=3, stop=2.5)
     assert isinstance(typed.size, float) and typed.count == 5 and typed.triple == (0.5, 0.6, 0.7)
     assert typed.maybe == 3.0 and typed.stop == 2.5
