@@ -99,7 +99,8 @@ def fp32_maps(level: AttentionLevel) -> torch.Tensor:
 
 
 class Objective:
-    """Base class of every method objective (see ``objectives.py``). Subclasses set ``name``."""
+    """Base class of every method objective (each lives beside its loss; ``objectives.py`` registers them).
+    Subclasses set ``name``."""
 
     name: str = "objective"
 

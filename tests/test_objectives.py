@@ -193,3 +193,29 @@ def test_bad_ranges_name_the_parameter() -> None:
         make_objective("attend_and_excite", max_refinement_steps=0)
     with pytest.raises(ValueError, match="guided_fraction"):
         make_objective("tsam", guided_fraction=1.5)
+
+
+def test_the_worked_example_of_adding_a_method_works(tmp_path, monkeypatch) -> None:
+    """docs/architecture.md "Adding a method": one loss file, one objective beside it and one registry line."""
+    import importlib.util
+    import re
+
+    from binding_guidance.binding_losses import objectives
+    from comfy_env import PACK_ROOT
+
+    page = (PACK_ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    code = re.search(r"```python\n(# binding_losses/peak\.py\n.*?)```", page, re.S)
+    assert code is not None, "the worked example is missing from docs/architecture.md"
+    path = tmp_path / "peak.py"
+    path.write_text(code.group(1))
+    spec = importlib.util.spec_from_file_location("binding_guidance.binding_losses.peak", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setitem(objectives._REGISTRY, "peak", module.PeakObjective)
+    peak = make_objective("peak", target="0.7")
+    result = peak.loss({4: attention()[4]}, LAYOUT, 0, 50)
+    assert result.total.shape == (2,) and bool((result.total > 0).all())
+    assert peak.step_size(0, 50) == 20.0 and peak.guides(24, 50) and not peak.guides(25, 50)
+    with pytest.raises(ValueError, match=r"target must be ≥ 0 and ≤ 1, got nan \(default 0.5\)"):
+        make_objective("peak", target="nan")
