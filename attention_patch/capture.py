@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from .block_list import parse_block_list
 from .joint_attention import JointAttentionRecorder, JointBlock
 from .layers import (
     CrossAttentionLayer,
@@ -134,13 +135,13 @@ def capture_for_model(
     model: Any,
     preferred_factor: int,
     levels_of: Callable[[int], set[int]],
-    dit_blocks: Sequence[tuple[str, int]] | None = None,
+    dit_blocks: str = "",
     joint_normalization: str = "text",
 ) -> AttentionCapture:
     """The attention capture for ``model`` (ModelPatcher or BaseModel); refuses unsupported families by name.
 
-    ``levels_of(main_factor)`` is the objective's set of levels. ``dit_blocks`` and ``joint_normalization`` apply to
-    joint-attention models only.
+    ``levels_of(main_factor)`` is the objective's set of levels. ``dit_blocks`` (the setting's text, e.g.
+    ``"double 0-3"``; empty: the family default) and ``joint_normalization`` apply to joint-attention models only.
     """
     base = model if hasattr(model, "diffusion_model") else getattr(model, "model", model)
     family = model_family(base)
@@ -161,7 +162,7 @@ def capture_for_model(
         raise _refuse(family, diffusion_model)
     patch = int(diffusion_model.patch_size)
     main = max(preferred_factor, patch)
-    blocks = select_blocks(available, dit_blocks)
+    blocks = select_blocks(available, parse_block_list(dit_blocks))
     factors = frozenset(f for f in levels_of(main) if f >= patch and f % patch == 0)
     return JointCapture(tuple(blocks), main, factors, patch, joint_normalization, offset)
 
@@ -170,19 +171,3 @@ def require_supported(model: Any) -> None:
     """Refuse, naming the family, a model that neither the UNet nor the joint-attention capture serves."""
     capture_for_model(model, 4, lambda factor: {factor})
 
-
-def parse_block_list(text: str) -> tuple[tuple[str, int], ...]:
-    """``"double 0-3, single 5"`` → ``(("double", 0), ..., ("double", 3), ("single", 5))``; empty text → ``()``."""
-    blocks: list[tuple[str, int]] = []
-    for item in (part.strip() for part in str(text).split(",")):
-        if not item:
-            continue
-        kind, _, span = item.partition(" ")
-        first, _, last = span.strip().partition("-")
-        if kind not in ("double", "single", "joint") or not first.isdigit() or (last and not last.isdigit()):
-            raise ValueError(
-                f"dit_blocks: '{item}' is not 'double N', 'single N' (Flux.1), 'joint N' (SD3) or a range like "
-                "'double 0-3'."
-            )
-        blocks += [(kind, index) for index in range(int(first), int(last or first) + 1)]
-    return tuple(blocks)

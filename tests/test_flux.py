@@ -291,8 +291,8 @@ def test_token_softmax_keeps_a_noun_at_t5_position_zero(method: str) -> None:
     maps = maps / maps.sum(dim=1, keepdim=True)
     layout = types.TokenLayout(bindings=(types.TokenBinding((0,), ((3,),)), types.TokenBinding((2,))),
                                prompt_positions=(0, 1, 2, 3), context_length=256, clip_chunks=False)
-    assert objectives.softmax_columns(layout, 256, False) == ([(0, 4)], 256)
     objective = objectives.make_objective(method, main_factor=4)
+    assert objective.softmax_columns(layout, 256) == [(0, 4)] and objective.softmax_chunk(layout, 256) == 256
     result = objective.loss({4: types.AttentionLevel(maps, 1)}, layout, 0, 50)
     maxima = result.terms["maxima"]
     assert bool((maxima > 0.2).all()), maxima  # four tokens share the softmax: every subject has real mass

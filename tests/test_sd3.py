@@ -190,7 +190,7 @@ def test_const_update_scale_and_chosen_blocks(harness: Any, sd3: dict) -> None:
     sigma = torch.tensor([0.1, 0.9])
     assert torch.equal(holder._update_scale(20.0, sigma, torch.ones(2), None), torch.full((2,), 20.0))
     capture = harness.module("attention_patch.capture")
-    plan = capture.capture_for_model(sd3["model"], 4, lambda f: {f}, dit_blocks=capture.parse_block_list("joint 0"))
+    plan = capture.capture_for_model(sd3["model"], 4, lambda f: {f}, dit_blocks="joint 0")
     assert [b.label for b in plan.blocks] == ["joint 0"]
     _, report = guided(harness, sd3, config(harness, advanced="dit_blocks = joint 0"), steps=2)
     assert report.steps[0].stepped and report.steps[0].loss_after_step < report.steps[0].loss_before
