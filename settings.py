@@ -55,6 +55,8 @@ class Declaration:
     """Appended to a refusal (e.g. how to switch the feature off)."""
     off: Any = None
     """A value that means ``None`` (off) for a setting whose widget cannot hold ``None``, e.g. 0."""
+    check: Any = None
+    """For free text (no ``choices``): a function that raises ``ValueError`` for a value it refuses."""
 
 
 def setting(
@@ -65,10 +67,11 @@ def setting(
     choices: Iterable[Any] | None = None,
     hint: str = "",
     off: Any = None,
+    check: Any = None,
 ) -> Any:
-    """A dataclass field declaring one setting. Numbers need ``bounds``; a text setting has ``choices``, or is free
-    text (a STRING widget) that its owner checks."""
-    declaration = Declaration(doc, bounds, None if choices is None else tuple(choices), hint, off)
+    """A dataclass field declaring one setting. Numbers need ``bounds``; a text setting needs ``choices``, or, for
+    free text (a STRING widget), a ``check`` function."""
+    declaration = Declaration(doc, bounds, None if choices is None else tuple(choices), hint, off, check)
     return dataclasses.field(default=default, metadata={_KEY: declaration})
 
 
@@ -141,6 +144,11 @@ class Setting:
         declared = self.declaration
         if declared.choices is not None and value not in declared.choices:
             raise self.refusal(value if self.kind is str else given, _or_list(declared.choices))
+        if declared.check is not None:
+            try:
+                declared.check(value)
+            except ValueError as error:
+                raise SettingError(f"{error} (default {_shown_default(self.default)})") from error
         if declared.bounds is not None:
             items = value if isinstance(value, tuple) else (value,)
             if any(item not in declared.bounds for item in items):

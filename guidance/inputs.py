@@ -8,7 +8,7 @@ from typing import Any
 from ..binding_losses.types import TokenLayout
 from ..attention_patch.block_list import parse_block_list
 from ..attention_patch.joint_attention import JOINT_NORMALIZATIONS
-from ..settings import Bounds, SettingError, convert_fields, setting
+from ..settings import Bounds, convert_fields, setting
 from .cpu_convolution import CPU_CONVOLUTION_CHOICES
 
 
@@ -88,17 +88,16 @@ class GuidanceOptions:
         "Flux.1 and SD3 only: the blocks whose attention is recorded, e.g. `double 5-18, single 0-9` (Flux.1) or "
         "`joint 0-23` (SD3); empty: all double-stream blocks (Flux.1), all joint blocks (SD3). The guidance pass "
         "stops after the last one",
+        check=parse_block_list,
     )
 
     def __post_init__(self) -> None:
         convert_fields(self)
-        try:
-            parse_block_list(self.dit_blocks)
-        except ValueError as error:
-            raise SettingError(f"{error} (default: empty, the family's default blocks)") from error
 
 
 SAMPLER_SETTINGS = tuple(item.name for item in fields(GuidanceOptions))
+JOINT_ATTENTION_SETTINGS = ("joint_normalization", "dit_blocks")
+"""Sampler settings for Flux.1 and SD3 only; optional inputs of the Options node (saved graphs lack them)."""
 """The sampler-level settings (``GuidanceOptions``); older workflows set them in ``advanced``."""
 
 

@@ -12,7 +12,7 @@ from dataclasses import replace
 from typing import Any
 
 from ..binding_losses.objectives import METHODS, ChainTerm, ObjectiveChain, make_objective, method_settings
-from ..guidance.inputs import SAMPLER_SETTINGS, GuidanceConfig, GuidanceOptions
+from ..guidance.inputs import JOINT_ATTENTION_SETTINGS, SAMPLER_SETTINGS, GuidanceConfig, GuidanceOptions
 from ..settings import SettingError, declared_settings, parse_advanced, settings_table, widget_spec
 
 CATEGORY = "sampling/binding_guidance"
@@ -233,7 +233,8 @@ class BindingGuidanceOptions:
     def INPUT_TYPES(cls) -> dict:  # noqa: N802  (ComfyUI API name)
         specs = {name: widget_spec(item) for name, item in declared_settings(GuidanceOptions).items()}
         specs["stop_below"][1]["step"] = 0.01
-        return {"required": specs}
+        optional = {name: specs.pop(name) for name in JOINT_ATTENTION_SETTINGS}
+        return {"required": specs, "optional": optional}
 
     @classmethod
     def VALIDATE_INPUTS(cls, stop_below: float) -> bool | str:  # noqa: N802  (ComfyUI API name)

@@ -277,6 +277,12 @@ def test_chosen_blocks_and_stop_after_the_last_one(harness: Any, flux: dict) -> 
         guided(harness, flux, config(harness, advanced="dit_blocks = double 5"), steps=2)
     with pytest.raises(harness.module("guidance.errors").BindingGuidanceError, match="T-SAM"):
         guided(harness, flux, config(harness, "tsam"), steps=2)
+    with pytest.raises(ValueError, match=r"dit_blocks: 'triple 3' is not 'double N'.*\(default ''\)"):
+        config(harness, advanced="dit_blocks = triple 3")
+    options = harness.module("nodes.config_node").BindingGuidanceOptions().configure(
+        main_factor="4", stop_below=0.0, guidance_attention="sdpa", cpu_convolution="default",
+        measure_after_step=False, joint_normalization="joint", dit_blocks="double 1, single 0-1")
+    assert (options[0].joint_normalization, options[0].dit_blocks) == ("joint", "double 1, single 0-1")
 
 
 @pytest.mark.parametrize("method", ["attend_and_excite", "divide_and_bind"])
@@ -291,7 +297,7 @@ def test_token_softmax_keeps_a_noun_at_t5_position_zero(method: str) -> None:
     maps = maps / maps.sum(dim=1, keepdim=True)
     layout = types.TokenLayout(bindings=(types.TokenBinding((0,), ((3,),)), types.TokenBinding((2,))),
                                prompt_positions=(0, 1, 2, 3), context_length=256, clip_chunks=False)
-    objective = objectives.make_objective(method, main_factor=4)
+    objective = objectives.make_objective(method)
     assert objective.softmax_columns(layout, 256) == [(0, 4)] and objective.softmax_chunk(layout, 256) == 256
     result = objective.loss({4: types.AttentionLevel(maps, 1)}, layout, 0, 50)
     maxima = result.terms["maxima"]

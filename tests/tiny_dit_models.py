@@ -134,6 +134,13 @@ def tiny_sd3_model(seed: int = 0, dtype: torch.dtype = torch.float32) -> Any:
         for name, param in model.diffusion_model.named_parameters():
             if name.endswith("_norm.weight") or name.endswith(".scale"):
                 param.fill_(1.0)
+        # The position embedding is a buffer that checkpoints fill (init_weights fills parameters only): SD3's 2-D
+        # sin-cos table, made by ComfyUI's own function.
+        from comfy.ldm.modules.diffusionmodules.mmdit import get_2d_sincos_pos_embed
+
+        embed = model.diffusion_model.pos_embed
+        table = get_2d_sincos_pos_embed(embed.shape[-1], SD3_TINY["pos_embed_max_size"])
+        embed.copy_(torch.from_numpy(table).reshape(embed.shape).to(embed.dtype))
     cpu = torch.device("cpu")
     return comfy.model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu)
 
