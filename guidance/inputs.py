@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from ..binding_losses.types import TokenLayout
 from ..attention_patch.block_list import parse_block_list
 from ..attention_patch.joint_attention import JOINT_NORMALIZATIONS
+from ..binding_losses.types import TokenLayout
 from ..settings import Bounds, convert_fields, setting
 from .cpu_convolution import CPU_CONVOLUTION_CHOICES
 
