@@ -160,103 +160,86 @@ def custom_sampler_graph() -> tuple[list[dict], str]:
 
 FLUX_FILES = {"unet": "flux1-dev.safetensors", "clip_l": "clip_l.safetensors", "t5": "t5xxl_fp16.safetensors",
               "vae": "ae.safetensors"}
+SD35_FILES = {"ckpt": "sd3.5_large.safetensors", "clip_l": "clip_l.safetensors", "clip_g": "clip_g.safetensors",
+              "t5": "t5xxl_fp16.safetensors"}
 
 
-def flux_graph() -> tuple[list[dict], str]:
-    """Flux.1-dev: UNETLoader + DualCLIPLoader (flux) + VAELoader, FluxGuidance, CFG 1, SynGen on T5 positions."""
+def _dit_graph(name: str, loaders: list[dict], links: dict, sampler: dict, about: str, needs: str) -> list[dict]:
+    """A SynGen graph for a DiT: its loader nodes, then the nodes every DiT workflow shares. ``links`` names where
+    the model, clip, vae and positive conditioning come from; ``sampler`` holds steps, cfg and scheduler."""
     prompt = METHODS["syngen"]["prompt"]
+    clip = links["clip"]
     nodes = [
-        _node(4, "UNETLoader", (30, 330), (330, 82), "Load Diffusion Model (Flux.1)",
-              {"unet_name": FLUX_FILES["unet"], "weight_dtype": "default"}),
-        _node(16, "DualCLIPLoader", (30, 460), (330, 130), "Load CLIP-L + T5 (flux)",
-              {"clip_name1": FLUX_FILES["clip_l"], "clip_name2": FLUX_FILES["t5"], "type": "flux",
-               "device": "default"}),
-        _node(17, "VAELoader", (30, 630), (330, 58), "Load VAE", {"vae_name": FLUX_FILES["vae"]}),
-        _node(6, "CLIPTextEncode", (420, 40), (400, 160), "Positive prompt", {"text": prompt}, {"clip": (16, 0)}),
-        _node(18, "FluxGuidance", (420, 220), (400, 58), "Flux guidance", {"guidance": 3.5},
-              {"conditioning": (6, 0)}),
-        _node(7, "CLIPTextEncode", (420, 300), (400, 100), "Negative prompt (unused at CFG 1)", {"text": ""},
-              {"clip": (16, 0)}),
+        *loaders,
+        _node(6, "CLIPTextEncode", (420, 40), (400, 160), "Positive prompt", {"text": prompt}, {"clip": clip}),
+        _node(7, "CLIPTextEncode", (420, 300), (400, 100), links.get("negative_title", "Negative prompt"),
+              {"text": ""}, {"clip": clip}),
         _node(10, "ParseBindings", (420, 420), (400, 260), "Parse Bindings",
-              {"prompt": prompt, "mode": "robust", "spacy_model": "en_core_web_sm", "override": ""},
-              {"clip": (16, 0)}),
+              {"prompt": prompt, "mode": "robust", "spacy_model": "en_core_web_sm", "override": ""}, {"clip": clip}),
         _node(11, "BindingLossConfig", (420, 720), (400, 260), "Binding Loss Config (syngen)",
               {"method": "syngen", "step_size": 20.0, "guided_fraction": 0.5, "advanced": "", "weight": 1.0,
                "words": "", "guidance_mode": "faithful"}),
         _node(5, "EmptySD3LatentImage", (420, 1020), (400, 106), "Empty Latent Image (16 channels)",
               {"width": 1024, "height": 1024, "batch_size": 1}),
         _node(3, "BindingGuidedKSampler", (880, 40), (340, 330), "Binding-Guided KSampler",
-              {"seed": 16, "steps": 20, "cfg": 1.0, "sampler_name": "euler", "scheduler": "simple", "denoise": 1.0},
-              {"model": (4, 0), "positive": (18, 0), "negative": (7, 0), "latent_image": (5, 0),
+              {"seed": 16, "sampler_name": "euler", "denoise": 1.0, **sampler},
+              {"model": links["model"], "positive": links["positive"], "negative": (7, 0), "latent_image": (5, 0),
                "bindings": (10, 0), "config": (11, 0)}),
-        _node(8, "VAEDecode", (1270, 40), (210, 46), "VAE Decode", {}, {"samples": (3, 0), "vae": (17, 0)}),
-        _node(9, "SaveImage", (1520, 40), (420, 460), "Save Image",
-              {"filename_prefix": "binding_guidance/syngen_flux"}, {"images": (8, 0)}),
+        _node(8, "VAEDecode", (1270, 40), (210, 46), "VAE Decode", {}, {"samples": (3, 0), "vae": links["vae"]}),
+        _node(9, "SaveImage", (1520, 40), (420, 460), "Save Image", {"filename_prefix": f"binding_guidance/{name}"},
+              {"images": (8, 0)}),
         _node(12, "PreviewImage", (880, 420), (340, 300), "Attention maps", {}, {"images": (3, 1)}),
         _node(13, "PreviewImage", (1270, 540), (340, 300), "Loss curve", {}, {"images": (3, 2)}),
         _node(14, "PreviewAny", (880, 760), (340, 200), "Parse preview", {}, {"source": (10, 1)}),
     ]
-    note = (
-        f"{METHODS['syngen']['about']}\n\nFlux.1-dev: the guidance reads the joint attention of the double-stream "
-        "blocks (image queries to the T5 text keys, renormalised over the text) at 1/32 of the image side, and "
-        "moves the latent at the first half of the steps. CFG 1 as Flux-dev is usually run (FluxGuidance sets the "
-        "distilled guidance); fast mode works there too.\n\n" + COMMON_NOTE.replace(
-            "Needs an SD1.x checkpoint (v1-5-pruned-emaonly.safetensors); SD2.x and SDXL work too. Guidance costs "
-            "about one extra UNet forward and backward pass per guided step.",
-            f"Needs {FLUX_FILES['unet']} (diffusion_models), {FLUX_FILES['clip_l']} and {FLUX_FILES['t5']} "
-            f"(text_encoders) and {FLUX_FILES['vae']} (vae).")
-    )
+    sd15_needs = ("Needs an SD1.x checkpoint (v1-5-pruned-emaonly.safetensors); SD2.x and SDXL work too. Guidance "
+                  "costs about one extra UNet forward and backward pass per guided step.")
+    note = f"{METHODS['syngen']['about']}\n\n{about}\n\n" + COMMON_NOTE.replace(sd15_needs, needs)
     nodes.append(_node(15, "Note", (30, 40), (360, 260), "About this workflow", {"text": note}))
-    return nodes, "Binding Guidance: syngen (Flux.1)"
+    return nodes
 
 
-SD35_FILES = {"ckpt": "sd3.5_large.safetensors", "clip_l": "clip_l.safetensors", "clip_g": "clip_g.safetensors",
-              "t5": "t5xxl_fp16.safetensors"}
+def flux_graph() -> tuple[list[dict], str]:
+    """Flux.1-dev: UNETLoader + DualCLIPLoader (flux) + VAELoader, FluxGuidance, CFG 1, SynGen on T5 positions."""
+    loaders = [
+        _node(4, "UNETLoader", (30, 330), (330, 82), "Load Diffusion Model (Flux.1)",
+              {"unet_name": FLUX_FILES["unet"], "weight_dtype": "default"}),
+        _node(16, "DualCLIPLoader", (30, 460), (330, 130), "Load CLIP-L + T5 (flux)",
+              {"clip_name1": FLUX_FILES["clip_l"], "clip_name2": FLUX_FILES["t5"], "type": "flux",
+               "device": "default"}),
+        _node(17, "VAELoader", (30, 630), (330, 58), "Load VAE", {"vae_name": FLUX_FILES["vae"]}),
+        _node(18, "FluxGuidance", (420, 220), (400, 58), "Flux guidance", {"guidance": 3.5},
+              {"conditioning": (6, 0)}),
+    ]
+    about = ("Flux.1-dev: the guidance reads the joint attention of the double-stream blocks (image queries to the "
+             "T5 text keys, renormalised over the text) at 1/32 of the image side, and moves the latent at the "
+             "first half of the steps. CFG 1 as Flux-dev is usually run (FluxGuidance sets the distilled "
+             "guidance); fast mode works there too.")
+    needs = (f"Needs {FLUX_FILES['unet']} (diffusion_models), {FLUX_FILES['clip_l']} and {FLUX_FILES['t5']} "
+             f"(text_encoders) and {FLUX_FILES['vae']} (vae).")
+    links = {"model": (4, 0), "clip": (16, 0), "vae": (17, 0), "positive": (18, 0),
+             "negative_title": "Negative prompt (unused at CFG 1)"}
+    sampler = {"steps": 20, "cfg": 1.0, "scheduler": "simple"}
+    return _dit_graph("syngen_flux", loaders, links, sampler, about, needs), "Binding Guidance: syngen (Flux.1)"
 
 
 def sd35_graph() -> tuple[list[dict], str]:
     """SD3.5: checkpoint (MMDiT + VAE) + TripleCLIPLoader, CFG 4.5, SynGen on the T5 segment of the context."""
-    prompt = METHODS["syngen"]["prompt"]
-    nodes = [
+    loaders = [
         _node(4, "CheckpointLoaderSimple", (30, 330), (330, 98), "Load Checkpoint (SD3.5)",
               {"ckpt_name": SD35_FILES["ckpt"]}),
         _node(16, "TripleCLIPLoader", (30, 470), (330, 106), "Load CLIP-L + CLIP-G + T5",
               {"clip_name1": SD35_FILES["clip_l"], "clip_name2": SD35_FILES["clip_g"],
                "clip_name3": SD35_FILES["t5"]}),
-        _node(6, "CLIPTextEncode", (420, 40), (400, 160), "Positive prompt", {"text": prompt}, {"clip": (16, 0)}),
-        _node(7, "CLIPTextEncode", (420, 240), (400, 120), "Negative prompt", {"text": ""}, {"clip": (16, 0)}),
-        _node(10, "ParseBindings", (420, 400), (400, 260), "Parse Bindings",
-              {"prompt": prompt, "mode": "robust", "spacy_model": "en_core_web_sm", "override": ""},
-              {"clip": (16, 0)}),
-        _node(11, "BindingLossConfig", (420, 700), (400, 260), "Binding Loss Config (syngen)",
-              {"method": "syngen", "step_size": 20.0, "guided_fraction": 0.5, "advanced": "", "weight": 1.0,
-               "words": "", "guidance_mode": "faithful"}),
-        _node(5, "EmptySD3LatentImage", (420, 1000), (400, 106), "Empty Latent Image (16 channels)",
-              {"width": 1024, "height": 1024, "batch_size": 1}),
-        _node(3, "BindingGuidedKSampler", (880, 40), (340, 330), "Binding-Guided KSampler",
-              {"seed": 16, "steps": 28, "cfg": 4.5, "sampler_name": "euler", "scheduler": "sgm_uniform",
-               "denoise": 1.0},
-              {"model": (4, 0), "positive": (6, 0), "negative": (7, 0), "latent_image": (5, 0),
-               "bindings": (10, 0), "config": (11, 0)}),
-        _node(8, "VAEDecode", (1270, 40), (210, 46), "VAE Decode", {}, {"samples": (3, 0), "vae": (4, 2)}),
-        _node(9, "SaveImage", (1520, 40), (420, 460), "Save Image",
-              {"filename_prefix": "binding_guidance/syngen_sd35"}, {"images": (8, 0)}),
-        _node(12, "PreviewImage", (880, 420), (340, 300), "Attention maps", {}, {"images": (3, 1)}),
-        _node(13, "PreviewImage", (1270, 540), (340, 300), "Loss curve", {}, {"images": (3, 2)}),
-        _node(14, "PreviewAny", (880, 760), (340, 200), "Parse preview", {}, {"source": (10, 1)}),
     ]
-    note = (
-        f"{METHODS['syngen']['about']}\n\nSD3.5: the guidance reads the joint attention of every MMDiT block "
-        "(image queries to the text keys of the T5 segment of SD3's [CLIP-L+G, T5] context, renormalised over "
-        "the text) at 1/32 of the image side, and moves the latent at the first half of the steps.\n\n"
-        + COMMON_NOTE.replace(
-            "Needs an SD1.x checkpoint (v1-5-pruned-emaonly.safetensors); SD2.x and SDXL work too. Guidance costs "
-            "about one extra UNet forward and backward pass per guided step.",
-            f"Needs {SD35_FILES['ckpt']} (checkpoints) and {SD35_FILES['clip_l']}, {SD35_FILES['clip_g']} and "
-            f"{SD35_FILES['t5']} (text_encoders); SD3.5 Medium and SD3 Medium work too.")
-    )
-    nodes.append(_node(15, "Note", (30, 40), (360, 260), "About this workflow", {"text": note}))
-    return nodes, "Binding Guidance: syngen (SD3.5)"
+    about = ("SD3.5: the guidance reads the joint attention of every MMDiT block (image queries to the text keys "
+             "of the T5 segment of SD3's [CLIP-L+G, T5] context, renormalised over the text) at 1/32 of the image "
+             "side, and moves the latent at the first half of the steps.")
+    needs = (f"Needs {SD35_FILES['ckpt']} (checkpoints) and {SD35_FILES['clip_l']}, {SD35_FILES['clip_g']} and "
+             f"{SD35_FILES['t5']} (text_encoders); SD3.5 Medium and SD3 Medium work too.")
+    links = {"model": (4, 0), "clip": (16, 0), "vae": (4, 2), "positive": (6, 0)}
+    sampler = {"steps": 28, "cfg": 4.5, "scheduler": "sgm_uniform"}
+    return _dit_graph("syngen_sd35", loaders, links, sampler, about, needs), "Binding Guidance: syngen (SD3.5)"
 
 
 WORKFLOWS = {

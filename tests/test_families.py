@@ -324,7 +324,7 @@ def test_sdxl_binding_guided_ksampler_takes_conditioning_like_ksampler(harness: 
 
 # ---------------------------------------------------------------------------------------------------------------
 # DiT models the pack does not guide yet: a tiny real LTXV (video) model from ComfyUI's own classes is refused before
-# sampling. Flux.1 and SD3 are guided (tests/test_flux.py, tests/test_sd3.py).
+# sampling. Flux.1 and SD3 are guided (tests/test_joint_attention.py, tests/test_dit_guidance.py).
 
 DIT_CONFIGS = {
     "LTXV": {"image_model": "ltxv", "in_channels": 128, "cross_attention_dim": 64, "attention_head_dim": 32,
