@@ -247,12 +247,21 @@ class JointAttentionRecorder:
                 "as text then image."
             )
         rows = conditional_rows(options, q.shape[0])
-        probs = text_probabilities(
-            q[rows], k[rows], slice(start, start + text_length),
-            slice(start + text_length, start + text_length + height * width),
-            self.normalization, None if mask is None else (mask[rows] if mask.shape[0] == q.shape[0] else mask),
-        )
-        maps = probs.sum(dim=1).transpose(1, 2).reshape(len(rows), text_length, height, width)
+        image_end = start + text_length + height * width
+        text, image = slice(start, start + text_length), slice(start + text_length, image_end)
+        row_mask = None if mask is None else (mask[rows] if mask.shape[0] == q.shape[0] else mask)
+
+        def head_summed_maps(q_rows: torch.Tensor, k_rows: torch.Tensor) -> torch.Tensor:
+            probs = text_probabilities(q_rows, k_rows, text, image, self.normalization, row_mask)
+            return probs.sum(dim=1).transpose(1, 2).reshape(len(rows), text_length, height, width)
+
+        if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad):
+            # The fp32 logits and probabilities ([rows, heads, image, text] each, 100 MB per Flux block at 1024 px)
+            # are recomputed in the backward instead of being kept: only q and k, which the block's own attention
+            # keeps anyway, are saved.
+            maps = torch.utils.checkpoint.checkpoint(head_summed_maps, q[rows], k[rows], use_reentrant=False)
+        else:
+            maps = head_summed_maps(q[rows], k[rows])
         self._sum = maps if self._sum is None else self._sum + maps
         self._count += heads
         self._seen.add(key)
