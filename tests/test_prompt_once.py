@@ -143,6 +143,7 @@ def _graph(checkpoint: str, positive: Any = ("10", 2), parse_clip: Any = ("4", 1
             "seed": 1, "steps": 2, "cfg": 5.0, "sampler_name": "euler", "scheduler": "karras", "denoise": 1.0,
             "model": ["4", 0], "positive": list(positive), "negative": ["7", 0], "latent_image": ["5", 0],
             "bindings": ["10", 0], "config": ["11", 0]}},
+        "13": {"class_type": "PreviewImage", "inputs": {"images": ["3", 2]}},
     }
 
 
@@ -187,8 +188,8 @@ def test_conditioning_nodes_and_weights_run(harness, tiny_checkpoint):
     graph["20"] = {"class_type": "ConditioningSetTimestepRange",
                    "inputs": {"conditioning": ["10", 2], "start": 0.0, "end": 1.0}}
     graph["21"] = _encoder(OTHER)
-    graph["22"] = {"class_type": "ConditioningSetArea", "inputs": {"conditioning": ["21", 0], "width": 32,
-                                                                   "height": 32, "x": 0, "y": 0, "strength": 1.0}}
+    graph["22"] = {"class_type": "ConditioningSetAreaPercentage", "inputs": {
+        "conditioning": ["21", 0], "width": 0.5, "height": 0.5, "x": 0.0, "y": 0.0, "strength": 1.0}}
     graph["24"] = {"class_type": "ConditioningConcat", "inputs": {"conditioning_to": ["20", 0],
                                                                   "conditioning_from": ["21", 0]}}
     graph["23"] = {"class_type": "ConditioningCombine", "inputs": {"conditioning_1": ["22", 0],
@@ -235,7 +236,7 @@ def test_custom_sampler_refuses_a_mismatch_before_the_first_step(harness, sd15):
 
 def test_custom_sampler_graph_names_both_prompts(harness, tiny_checkpoint):
     graph = _graph(tiny_checkpoint)
-    del graph["3"]
+    del graph["3"], graph["13"]
     graph.update({
         "6": _encoder(OTHER),
         "20": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}},
@@ -249,6 +250,7 @@ def test_custom_sampler_graph_names_both_prompts(harness, tiny_checkpoint):
         "25": {"class_type": "SamplerCustomAdvanced", "inputs": {"noise": ["22", 0], "guider": ["23", 0],
                                                                  "sampler": ["21", 0], "sigmas": ["24", 0],
                                                                  "latent_image": ["5", 0]}},
+        "26": {"class_type": "PreviewAny", "inputs": {"source": ["25", 0]}},
     })
     with pytest.raises(AssertionError) as error:
         harness.run_prompt(graph)
