@@ -177,8 +177,20 @@ TWO_NODE_WORKFLOW = PACK_ROOT / "tests" / "data" / "syngen_sd15_two_node.json"
 """workflows/syngen_sd15.json as shared before the prompt was typed once: CLIP Text Encode + Parse Bindings."""
 
 
+def _with_new_outputs(ui: dict, object_info: dict) -> dict:
+    """``ui`` as the editor loads it: outputs the schema added since the file was saved are appended, unlinked."""
+    for node in ui["nodes"]:
+        info = object_info.get(node["type"])
+        if info is None or "outputs" not in node:
+            continue
+        for name, kind in list(zip(info["output_name"], info["output"], strict=True))[len(node["outputs"]):]:
+            node["outputs"].append({"localized_name": name, "name": name, "type": kind, "links": []})
+    return ui
+
+
 def test_workflow_shared_before_runs_or_refuses_clearly(harness, object_info, tiny_checkpoint):
-    prompt = patch_for_test(ui_to_api(load_json(TWO_NODE_WORKFLOW), object_info), tiny_checkpoint, size=64, steps=2)
+    ui = _with_new_outputs(load_json(TWO_NODE_WORKFLOW), object_info)
+    prompt = patch_for_test(ui_to_api(ui, object_info), tiny_checkpoint, size=64, steps=2)
     harness.run_prompt(prompt)  # both boxes hold the same text: a correct run
     positive = next(n for n in prompt.values() if n["class_type"] == "CLIPTextEncode" and n["inputs"]["text"])
     positive["inputs"]["text"] = "a red car and a white sheep"  # only the positive box edited
