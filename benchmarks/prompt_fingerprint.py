@@ -172,8 +172,11 @@ def main() -> None:
         print("  other prompt (smallest over 3 prompts):")
         for name, value in other.items():
             print(f"    {name:40s} {value:.4f}")
-        margin = min(other.values()) / max(max(same.values()), 1e-12)
-        print(f"  smallest other / largest same: {min(other.values()):.4f} / {max(same.values()):.4f} = {margin:.1f}x")
+        limit = prompt_match.MAX_ROW_DISTANCE
+        passed = [name for name, value in same.items() if value <= limit]
+        print(f"  at the threshold {limit}: {len(passed)}/{len(same)} same-prompt variations pass (refused: "
+              f"{', '.join(sorted(set(same) - set(passed))) or 'none'}); "
+              f"{sum(v > limit for v in other.values())}/{len(other)} kinds of other prompt are refused")
 
 
 if __name__ == "__main__":

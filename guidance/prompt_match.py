@@ -84,17 +84,18 @@ def shorten(text: str, limit: int = 60) -> str:
 
 def mismatch_message(prompt: str, positive_prompts: Sequence[str], entries: int) -> str:
     """The refusal: both prompts (shortened) and the fix."""
+    where = "" if entries == 1 else f" (none of its {entries} entries matches)"
+    fix = ("Fix: connect Parse Bindings' 'conditioning' output to 'positive' (the prompt is then typed once), or give "
+           "Parse Bindings the same text and the same CLIP as the positive CLIP Text Encode.")
+    if positive_prompts and all(" ".join(t.split()) == " ".join(prompt.split()) for t in positive_prompts):
+        return (f"positive: Parse Bindings read '{shorten(prompt)}', and the positive has the same text but was "
+                f"encoded by another CLIP{where}, e.g. one with a LoRA that Parse Bindings' CLIP lacks. {fix}")
     if positive_prompts:
-        other = " / ".join(f"'{shorten(text)}'" for text in positive_prompts)
-        seen = f"the positive conditioning comes from {other}"
+        seen = "the positive conditioning comes from " + " / ".join(f"'{shorten(t)}'" for t in positive_prompts)
     else:
         seen = "the positive conditioning comes from another prompt or another CLIP"
-    where = "" if entries == 1 else f" (none of its {entries} entries matches)"
-    return (
-        f"positive: Parse Bindings read '{shorten(prompt)}', but {seen}{where}. Guidance would steer the wrong "
-        "tokens. Fix: connect Parse Bindings' 'conditioning' output to 'positive' (the prompt is then typed once), "
-        "or give Parse Bindings the same text and the same CLIP as the positive CLIP Text Encode."
-    )
+    return (f"positive: Parse Bindings read '{shorten(prompt)}', but {seen}{where}. Guidance would steer the wrong "
+            f"tokens. {fix}")
 
 
 def matching_entry(fingerprint: ConditioningFingerprint | None, entries: Sequence[Any], prompt: str,

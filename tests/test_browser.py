@@ -296,3 +296,4 @@ def test_two_node_workflow_with_an_edited_positive_shows_the_mismatch(server, pa
     assert errors and expected in errors[0]["exception_message"]
     page.wait_for_function("(text) => document.body.innerText.includes(text)", arg=expected, timeout=30_000)
     page.screenshot(path=str(ARTIFACTS / "two_node_mismatch.png"))
+    page.keyboard.press("Escape")  # close the error dialog for whatever runs next

@@ -275,3 +275,15 @@ def test_graph_prompt_texts_are_found_upstream() -> None:
     assert ksampler_positive_texts(graph, "3") == ("a red car",)
     assert custom_sampler_positive_texts(graph, "4") == ("a red car",)
     assert ksampler_positive_texts(None, "3") == ()
+
+
+def test_mismatch_message_names_both_prompts_and_the_fix() -> None:
+    from binding_guidance.guidance.prompt_match import mismatch_message
+
+    other = mismatch_message(PROMPT, (OTHER + ", " + "very " * 30 + "detailed",), 1)
+    assert other.startswith(f"positive: Parse Bindings read '{PROMPT}', but the positive conditioning comes from "
+                            "'a red car and a white sheep, very very")
+    assert "…'" in other and "Fix: connect Parse Bindings' 'conditioning' output to 'positive'" in other
+    same_text = mismatch_message(PROMPT, (PROMPT,), 2)
+    assert "same text but was encoded by another CLIP (none of its 2 entries matches)" in same_text
+    assert "another prompt or another CLIP" in mismatch_message(PROMPT, (), 1)

@@ -1,7 +1,7 @@
 // Shows the parse on the Parse Bindings node after a run: a read-only text box filled from the node's `ui` output
 // ("binding_parse", plain words written by nodes/parse_node.py). The box is never saved into the workflow or sent
 // with the prompt, so widget values and the queued graph stay exactly as before.
-import { app } from "../../scripts/app.js";
+import { app } from "../../../scripts/app.js";
 
 const NODE = "ParseBindings";
 const WIDGET = "parse_result";
