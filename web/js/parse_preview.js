@@ -1,6 +1,7 @@
 // Shows the parse on the Parse Bindings node after a run: a read-only text box filled from the node's `ui` output
 // ("binding_parse", plain words written by nodes/parse_node.py). The box is never saved into the workflow or sent
-// with the prompt, so widget values and the queued graph stay exactly as before.
+// with the prompt, so widget values and the queued graph stay exactly as before. A node that ComfyUI takes from
+// its cache (same inputs as an earlier run) gets no new output, so the box keeps what it showed.
 import { app } from "../../../scripts/app.js";
 
 const NODE = "ParseBindings";
