@@ -216,7 +216,7 @@ def _wait_for_new_history(server, before: set[str], timeout: float = 60) -> str:
     raise AssertionError(f"the editor queued nothing:\n{server.log_tail()}")
 
 
-TWO_NODE_WORKFLOW = PACK_ROOT / "tests" / "data" / "syngen_sd15_two_node.json"
+TWO_NODE_WORKFLOW = PACK_ROOT / "tests" / "data" / "legacy_workflows" / "syngen_sd15.json"
 """workflows/syngen_sd15.json as shared before the prompt was typed once: CLIP Text Encode + Parse Bindings."""
 
 

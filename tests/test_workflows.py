@@ -173,7 +173,7 @@ def test_api_twin_runs_on_tiny_checkpoint(path, harness, tiny_checkpoint):
             assert "Parser:" in outputs[node_id]["binding_parse"][0]
 
 
-TWO_NODE_WORKFLOW = PACK_ROOT / "tests" / "data" / "syngen_sd15_two_node.json"
+TWO_NODE_WORKFLOW = PACK_ROOT / "tests" / "data" / "legacy_workflows" / "syngen_sd15.json"
 """workflows/syngen_sd15.json as shared before the prompt was typed once: CLIP Text Encode + Parse Bindings."""
 
 
