@@ -21,6 +21,7 @@ from workflow_tools import (
     ui_to_api,
     ui_workflow_paths,
     widget_layout,
+    with_appended_outputs,
 )
 
 EXPECTED = {
@@ -177,19 +178,8 @@ TWO_NODE_WORKFLOW = PACK_ROOT / "tests" / "data" / "legacy_workflows" / "syngen_
 """workflows/syngen_sd15.json as shared before the prompt was typed once: CLIP Text Encode + Parse Bindings."""
 
 
-def _with_new_outputs(ui: dict, object_info: dict) -> dict:
-    """``ui`` as the editor loads it: outputs the schema added since the file was saved are appended, unlinked."""
-    for node in ui["nodes"]:
-        info = object_info.get(node["type"])
-        if info is None or "outputs" not in node:
-            continue
-        for name, kind in list(zip(info["output_name"], info["output"], strict=True))[len(node["outputs"]):]:
-            node["outputs"].append({"localized_name": name, "name": name, "type": kind, "links": []})
-    return ui
-
-
 def test_workflow_shared_before_runs_or_refuses_clearly(harness, object_info, tiny_checkpoint):
-    ui = _with_new_outputs(load_json(TWO_NODE_WORKFLOW), object_info)
+    ui = with_appended_outputs(load_json(TWO_NODE_WORKFLOW), object_info)
     prompt = patch_for_test(ui_to_api(ui, object_info), tiny_checkpoint, size=64, steps=2)
     harness.run_prompt(prompt)  # both boxes hold the same text: a correct run
     positive = next(n for n in prompt.values() if n["class_type"] == "CLIPTextEncode" and n["inputs"]["text"])
