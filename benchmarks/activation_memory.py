@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -23,10 +24,10 @@ sys.path.insert(0, str(ROOT / "tests"))
 from comfy_env import bootstrap_comfy, register_pack_package  # noqa: E402
 
 
-def saved_bytes(model: object, recorder: object, options: dict, side: int) -> int:
-    """Bytes autograd keeps for backward during one guidance forward at a ``side``×``side`` latent."""
+def bytes_saved_for_backward(model: object, forward: Callable[[], object]) -> int:
+    """Bytes autograd keeps for backward while ``forward()`` runs (weights excluded: they are resident anyway).
+    A ``RecordingComplete`` raised by the forward ends the pass early, as in sampling."""
     seen: dict[int, int] = {}
-    # Weights saved for backward are the resident parameters themselves: not extra memory.
     resident = {p.untyped_storage().data_ptr() for p in model.parameters()}
 
     def pack(tensor: torch.Tensor) -> torch.Tensor:
@@ -35,19 +36,23 @@ def saved_bytes(model: object, recorder: object, options: dict, side: int) -> in
             seen[storage.data_ptr()] = storage.nbytes()
         return tensor
 
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        try:
+            forward()
+        except Exception as error:
+            if type(error).__name__ != "RecordingComplete":
+                raise
+    return sum(seen.values())
+
+
+def saved_bytes(model: object, recorder: object, options: dict, side: int) -> int:
+    """Bytes autograd keeps for backward during one guidance forward at a ``side``×``side`` latent."""
     x = torch.randn(1, 4, side, side, requires_grad=True)
     context = torch.randn(1, 77, 2048, dtype=torch.bfloat16)
     y = torch.randn(1, 2816, dtype=torch.bfloat16)
     recorder.reset()
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        try:
-            model.apply_model(
-                x, torch.tensor([1.0]), c_crossattn=context, y=y, transformer_options=options["transformer_options"]
-            )
-        except Exception as error:  # RecordingComplete ends the pass early, as in sampling
-            if type(error).__name__ != "RecordingComplete":
-                raise
-    return sum(seen.values())
+    return bytes_saved_for_backward(model, lambda: model.apply_model(
+        x, torch.tensor([1.0]), c_crossattn=context, y=y, transformer_options=options["transformer_options"]))
 
 
 def main() -> None:

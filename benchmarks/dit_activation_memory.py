@@ -22,6 +22,9 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from activation_memory import bytes_saved_for_backward  # noqa: E402
 from comfy_env import bootstrap_comfy, register_pack_package  # noqa: E402
 
 FLUX_DEV = {"image_model": "flux", "guidance_embed": True, "in_channels": 16, "out_channels": 16, "vec_in_dim": 768,
@@ -50,25 +53,11 @@ def saved_bytes(model: object, side: int) -> int:
     depth = len(model.diffusion_model.double_blocks)
     recorder = capture.capture_for_model(model, 4, lambda f: {f}, dit_blocks=f"double 0-{depth - 1}").recorder(True)
     options = recorder.model_options_with_patches(differentiable.with_differentiable_attention({}))
-    resident = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    seen: dict[int, int] = {}
-
-    def pack(tensor: torch.Tensor) -> torch.Tensor:
-        storage = tensor.untyped_storage()
-        if storage.data_ptr() not in resident:
-            seen[storage.data_ptr()] = storage.nbytes()
-        return tensor
-
     x = torch.randn(1, 16, side, side, requires_grad=True)
     context = torch.randn(1, TEXT_TOKENS, 4096, dtype=torch.bfloat16)
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        try:
-            model.apply_model(x, torch.tensor([1.0]), c_crossattn=context, y=torch.randn(1, 768),
-                              guidance=torch.tensor([3.5]), transformer_options=options["transformer_options"])
-        except Exception as error:  # RecordingComplete ends the pass after the recorded block, as in sampling
-            if type(error).__name__ != "RecordingComplete":
-                raise
-    return sum(seen.values())
+    return bytes_saved_for_backward(model, lambda: model.apply_model(
+        x, torch.tensor([1.0]), c_crossattn=context, y=torch.randn(1, 768), guidance=torch.tensor([3.5]),
+        transformer_options=options["transformer_options"]))
 
 
 def main() -> None:
