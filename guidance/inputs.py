@@ -45,9 +45,10 @@ class GuidanceConfig:
     guidance_attention: str = "sdpa"
     """Attention kernel of the guidance pass outside the recorded layers: "sdpa" (PyTorch, has a backward on every
     device) or "comfy" (whatever ComfyUI selected for inference)."""
-    cpu_convolution: str = "auto"
-    """Convolution kernel of the guidance pass's differentiable part on CPU: "auto" (time oneDNN against PyTorch's
-    native kernel once per shape, use the faster), "default" (PyTorch's choice, as ComfyUI's passes) or "native"."""
+    cpu_convolution: str = "default"
+    """Convolution kernel of the guidance pass on CPU: "default" (PyTorch's choice, as ComfyUI's passes; the same seed
+    gives the same image after a restart), "native" (PyTorch's native kernel) or "auto" (time both once per shape
+    and ComfyUI start, use the faster: near-ties can change CPU images at rounding level between starts)."""
     stop_below: float | None = None
     """Early exit: stop guiding once the loss at a guided step is below this value (None: never)."""
     mode: str = "faithful"

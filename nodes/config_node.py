@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from ..binding_losses.objectives import METHODS, ObjectiveChain, default_params, make_objective
-from ..guidance.cpu_convolution import CPU_CONVOLUTION_CHOICES
 from ..guidance.inputs import GuidanceConfig
+from ..kernels.cpu_convolution import CPU_CONVOLUTION_CHOICES
 
 CATEGORY = "sampling/binding_guidance"
 METHOD_ORDER = ["syngen", "syngen_entropy", "divide_and_bind", "attend_and_excite", "tsam"]
@@ -103,7 +103,7 @@ def build_config(
     if guidance_attention is None:
         guidance_attention = previous.guidance_attention if previous is not None else "sdpa"
     if cpu_convolution is None:
-        cpu_convolution = previous.cpu_convolution if previous is not None else "auto"
+        cpu_convolution = previous.cpu_convolution if previous is not None else "default"
     if stop_below is None and previous is not None:
         stop_below = previous.stop_below
     return GuidanceConfig(

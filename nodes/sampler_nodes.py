@@ -13,7 +13,7 @@ from ..attention_patch import require_unet
 from ..guidance.errors import BindingGuidanceError
 from ..guidance.inputs import GuidanceConfig, PromptBindings
 from ..guidance.model_loading import classic_model
-from ..guidance.previews import attention_panels, last_maps, loss_curve, word_maps
+from ..guidance.previews import attention_panels, guidance_note, last_maps, loss_curve, word_maps
 from ..guidance.sampler import BindingGuidedSampler
 
 CATEGORY = "sampling/binding_guidance"
@@ -121,7 +121,7 @@ class BindingGuidedKSampler:
         out["samples"] = samples
         report = sampler.last_report
         maps = last_maps(report)
-        panels = attention_panels(maps, bindings.layout, word_labels(bindings))
+        panels = attention_panels(maps, bindings.layout, word_labels(bindings), note=guidance_note(report))
         curve = loss_curve(report)
         summary = report.to_dict() if report is not None else {}
         summary["maps"] = word_maps(maps, bindings.layout)

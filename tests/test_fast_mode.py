@@ -23,12 +23,9 @@ def setup(harness: Any, sd15: tuple) -> dict:
 def _config(harness: Any, mode: str, method: str = "syngen", **params: Any) -> Any:
     inputs = harness.module("guidance.inputs")
     objectives = harness.module("binding_losses.objectives")
-    # These tests compare fast mode with stock sampling to the model's rounding. On CPU, "auto" may run the split
-    # halves on the native kernel for some shapes, as timing decides per process, which changes the rounding
-    # (test_cpu_convolution checks that the kernels agree): pin PyTorch's own kernel here.
-    return inputs.GuidanceConfig(
-        objective=objectives.make_objective(method, **params), mode=mode, cpu_convolution="default"
-    )
+    # These tests compare fast mode with stock sampling to the model's rounding: they rely on the default CPU
+    # convolution kernel being PyTorch's own, as in the stock pass (test_cpu_convolution checks the others agree).
+    return inputs.GuidanceConfig(objective=objectives.make_objective(method, **params), mode=mode)
 
 
 def _sample(harness: Any, setup: dict, config: Any, **options: Any) -> tuple[torch.Tensor, Any]:

@@ -1,0 +1,161 @@
+"""Faithful mode (the references): a separate conditional guidance forward with grad before each guided step.
+
+At the first model call of a guided step, :class:`FaithfulRun` clones ``x`` outside inference mode, runs the
+conditional-only UNet forward with the recorder's patches, computes the objective's loss (refining when the
+schedule asks), and writes ``x' = x − (α/c²)·∇ₓL`` back into the sampler's tensor. The step's normal model call then
+runs on the moved latent. An update that would make any element of the latent non-finite is not applied.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import comfy.samplers
+import comfy.utils
+import torch
+
+from ..attention_patch import RecordingComplete
+from ..kernels.cpu_convolution import guidance_convolutions
+from ..kernels.differentiable_attention import with_differentiable_attention
+from .gradients import GradientOverflowError, loss_and_gradient
+from .model_loading import single_device
+from .report import StepRecord
+from .run import (
+    BELOW_TARGET,
+    NON_FINITE_LATENT,
+    NON_FINITE_LOSS,
+    GuidanceRun,
+    all_finite,
+    finite_as,
+    update_scale,
+    update_skip_reason,
+)
+
+
+@dataclass
+class _Point:
+    """A latent with its loss and gradient."""
+
+    latent: torch.Tensor
+    result: Any
+    grad: torch.Tensor
+    loss: float
+
+
+class FaithfulRun(GuidanceRun):
+    """Faithful guidance: all the work happens before the step's model call, on a guidance forward of its own."""
+
+    def before_call(
+        self, x: torch.Tensor, sigma: torch.Tensor, step: int, denoise_mask: Any, model_options: dict
+    ) -> dict:
+        """Guide ``x`` in place; the step's model call keeps its ``model_options``."""
+        self.guide(x, sigma, step, denoise_mask, model_options)
+        return model_options
+
+    def guidance_loss(self, x: torch.Tensor, sigma: torch.Tensor, model_options: dict, step: int) -> Any:
+        """The objective's LossResult from a conditional-only forward on ``x`` (with grad if ``x`` requires it)."""
+        self.recorder.reset()
+        options = self.recorder.model_options_with_patches(single_device(model_options))
+        if self.config.guidance_attention == "sdpa":
+            options = with_differentiable_attention(options)
+        try:
+            with guidance_convolutions(self.config.cpu_convolution, x.device, self.kernel_timings):
+                comfy.samplers.calc_cond_batch(self.guider.inner_model, [self.positive], x, sigma, options)
+        except RecordingComplete:
+            pass
+        return self.objective_loss(self.recorder.levels(), step)
+
+    def loss_and_grad(
+        self, latent: torch.Tensor, sigma: torch.Tensor, model_options: dict, step: int
+    ) -> tuple[Any, torch.Tensor, float]:
+        """(LossResult, ∇ₓL, loss) at ``latent``; an fp16 overflow repeats the pass at the lowered loss scale."""
+        while True:
+            leaf = latent.detach().requires_grad_(True)
+            result = self.guidance_loss(leaf, sigma, model_options, step)
+            try:
+                loss, grad = loss_and_gradient(result, leaf, self.loss_scale)
+            except GradientOverflowError:
+                continue  # the scale was lowered (it ends at 1, which cannot overflow): one more guidance pass
+            return result, grad, loss
+
+    def guide(self, x: torch.Tensor, sigma: torch.Tensor, step: int, denoise_mask: Any, model_options: dict) -> None:
+        """Apply this step's guidance to the sampler's latent ``x`` in place."""
+        if not self.wants_step(step) or self.stopped_early:
+            return
+        self.check_planned_sigma(sigma, step)
+        refinement = self.objective.refinement(step, self.num_steps)
+        step_size = float(self.objective.step_size(step, self.num_steps))
+        with torch.inference_mode(False), torch.enable_grad():
+            latent = x.detach().clone().float()
+            sigma_work = sigma.detach().clone()
+            scale = update_scale(self.model_sampling, step_size, sigma_work, latent, denoise_mask)
+
+            def evaluate(candidate: torch.Tensor) -> _Point:
+                return _Point(candidate, *self.loss_and_grad(candidate, sigma_work, model_options, step))
+
+            point = evaluate(latent)
+            loss_before, iterations, refinement_stopped = point.loss, 0, None
+            usable = all_finite(point.loss, point.grad)
+            if usable and refinement is not None:
+                point, iterations, refinement_stopped = self._refine(point, evaluate, refinement, scale, x.dtype)
+            point, skipped, loss_after_step = self._update(point, step, usable, scale, x.dtype, evaluate)
+            maps = self.recorder.levels().get(self.main_factor)
+        with torch.inference_mode():
+            x.copy_(point.latent.to(x.dtype))
+        self.note_skip(step, refinement_stopped)
+        self.note_skip(step, skipped)
+        record = StepRecord(
+            step=step,
+            sigma=float(sigma.flatten()[0]),
+            loss_before=loss_before,
+            loss_after_refinement=point.loss,
+            refinement_iterations=iterations,
+            stepped=skipped is None and self.objective.guides(step, self.num_steps),
+            step_size=step_size,
+            loss_after_step=loss_after_step,
+            skipped=skipped,
+            refinement_stopped=refinement_stopped,
+        )
+        self.report.add(record, maps.mean.detach() if maps is not None else None)
+
+    def _refine(
+        self, point: _Point, evaluate: Any, refinement: Any, scale: torch.Tensor, dtype: torch.dtype
+    ) -> tuple[_Point, int, str | None]:
+        """Refinement iterations at one step: (last accepted point, iterations run, why it stopped early or None).
+
+        An iteration whose latent would not be finite, or whose loss is not, is not accepted and ends refinement.
+        """
+        iterations = 0
+        # Refinement can take many UNet passes at one step: show them on the node's progress bar.
+        progress = comfy.utils.ProgressBar(refinement.max_iterations)
+        while iterations < refinement.max_iterations and refinement.should_continue(point.result):
+            progress.update(1)
+            candidate = point.latent - scale * point.grad
+            iterations += 1
+            if not finite_as(candidate, dtype):
+                return point, iterations, NON_FINITE_LATENT
+            new_point = evaluate(candidate)
+            if not all_finite(new_point.loss, new_point.grad):
+                return point, iterations, NON_FINITE_LOSS
+            point = new_point
+        return point, iterations, None
+
+    def _update(
+        self, point: _Point, step: int, usable: bool, scale: torch.Tensor, dtype: torch.dtype, evaluate: Any
+    ) -> tuple[_Point, str | None, float | None]:
+        """The step's gradient update: (point after it, why it was skipped or None, the re-measured loss or None)."""
+        if not usable:
+            return point, NON_FINITE_LOSS, None
+        if not self.objective.guides(step, self.num_steps):
+            return point, None, None
+        skipped = update_skip_reason(point.loss, point.grad, self.config.stop_below)
+        if skipped == BELOW_TARGET:
+            self.stopped_early = True
+        if skipped is not None:
+            return point, skipped, None
+        candidate = point.latent - scale * point.grad
+        if not finite_as(candidate, dtype):
+            return point, NON_FINITE_LATENT, None
+        loss_after_step = evaluate(candidate).loss if self.config.measure_after_step else None
+        return _Point(candidate, point.result, point.grad, point.loss), None, loss_after_step
