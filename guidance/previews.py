@@ -115,7 +115,9 @@ def attention_panels(
     a single dark placeholder, with ``note`` when given, when nothing was recorded.
     """
     if maps is None or not layout.bindings:
-        return _placeholder(note or "no attention recorded (no bindings, or no guided step)")
+        if note is not None:
+            return _placeholder(note, colour=WARNING)
+        return _placeholder("no attention recorded (no bindings, or no guided step)")
     background = image[0].detach().float().cpu().numpy() if image is not None else None
     width = 1 + max(len(binding.modifiers) for binding in layout.bindings)
     rows = []
@@ -136,8 +138,10 @@ def loss_curve(report: GuidanceReport | None, width: int = 384, height: int = 24
     Filled dots are applied updates, hollow ones skipped updates, × a non-finite loss (drawn at the top edge).
     When guidance changed nothing, the report's message is written on the curve.
     """
-    if report is None or not report.steps:
-        return _placeholder(report.message if report is not None else "no guided steps", width, height)
+    if report is None:
+        return _placeholder("no guided steps", width, height)
+    if not report.steps:
+        return _placeholder(report.message, width, height, colour=WARNING)
     canvas = Image.new("RGB", (width, height), (250, 250, 250))
     draw = ImageDraw.Draw(canvas)
     before = [r.loss_before for r in report.steps]
@@ -176,10 +180,12 @@ def loss_curve(report: GuidanceReport | None, width: int = 384, height: int = 24
     return torch.from_numpy(np.asarray(canvas, dtype=np.float32) / 255.0)[None]
 
 
-def _placeholder(text: str, width: int = PANEL * 2, height: int = PANEL) -> torch.Tensor:
+def _placeholder(
+    text: str, width: int = PANEL * 2, height: int = PANEL, colour: tuple[int, int, int] = (200, 200, 200)
+) -> torch.Tensor:
     canvas = Image.new("RGB", (width, height), (24, 24, 24))
     draw = ImageDraw.Draw(canvas)
     lines = _wrap(draw, text, width - 16)
     for index, line in enumerate(lines):
-        draw.text((8, height // 2 - LINE * len(lines) // 2 + LINE * index), line, fill=(200, 200, 200))
+        draw.text((8, height // 2 - LINE * len(lines) // 2 + LINE * index), line, fill=colour)
     return torch.from_numpy(np.asarray(canvas, dtype=np.float32) / 255.0)[None]

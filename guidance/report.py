@@ -78,7 +78,7 @@ class GuidanceReport:
             return "Guidance did nothing: no step was guided."
         skipped = Counter(record.skipped for record in self.steps if record.skipped is not None)
         skipped.update(record.refinement_stopped for record in self.steps if record.refinement_stopped is not None)
-        reasons = "; ".join(f"{reason} ({count}×)" for reason, count in skipped.items())
+        reasons = "; ".join(f"{reason} ({count}x)" for reason, count in skipped.items())
         if not self.applied:
             return f"Guidance did nothing: no update of the {len(self.steps)} guided steps was applied ({reasons})."
         moved = sum(record.moved_latent for record in self.steps)
