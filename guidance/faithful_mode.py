@@ -25,6 +25,7 @@ from .run import (
     BELOW_TARGET,
     NON_FINITE_LATENT,
     NON_FINITE_LOSS,
+    NON_FINITE_REFINEMENT,
     GuidanceRun,
     all_finite,
     finite_as,
@@ -122,9 +123,9 @@ class FaithfulRun(GuidanceRun):
     def _refine(
         self, point: _Point, evaluate: Any, refinement: Any, scale: torch.Tensor, dtype: torch.dtype
     ) -> tuple[_Point, int, str | None]:
-        """Refinement iterations at one step: (last accepted point, iterations run, why it stopped early or None).
+        """Refinement iterations at one step: (last accepted point, iterations applied, why it stopped early or None).
 
-        An iteration whose latent would not be finite, or whose loss is not, is not accepted and ends refinement.
+        An iteration whose latent would not be finite, or whose loss is not, is not applied and ends refinement.
         """
         iterations = 0
         # Refinement can take many UNet passes at one step: show them on the node's progress bar.
@@ -132,13 +133,13 @@ class FaithfulRun(GuidanceRun):
         while iterations < refinement.max_iterations and refinement.should_continue(point.result):
             progress.update(1)
             candidate = point.latent - scale * point.grad
-            iterations += 1
             if not finite_as(candidate, dtype):
-                return point, iterations, NON_FINITE_LATENT
+                return point, iterations, NON_FINITE_REFINEMENT
             new_point = evaluate(candidate)
             if not all_finite(new_point.loss, new_point.grad):
-                return point, iterations, NON_FINITE_LOSS
+                return point, iterations, NON_FINITE_REFINEMENT
             point = new_point
+            iterations += 1
         return point, iterations, None
 
     def _update(

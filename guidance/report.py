@@ -24,6 +24,7 @@ class StepRecord:
     loss_before: float
     loss_after_refinement: float
     refinement_iterations: int
+    """Refinement updates applied to the latent at this step."""
     stepped: bool
     step_size: float
     loss_after_step: float | None = None
@@ -31,13 +32,12 @@ class StepRecord:
     skipped: str | None = None
     """Why this step's update was not applied (None when it was, or when the step only refines)."""
     refinement_stopped: str | None = None
-    """Why refinement ended on an iteration that was not applied (a non-finite loss or latent), or None."""
+    """Why refinement ended on an iteration that was not applied (a non-finite latent or loss), or None."""
 
     @property
     def moved_latent(self) -> bool:
         """Whether guidance changed the latent at this step (its update, or an accepted refinement iteration)."""
-        accepted = self.refinement_iterations - (1 if self.refinement_stopped is not None else 0)
-        return self.stepped or accepted > 0
+        return self.stepped or self.refinement_iterations > 0
 
 
 @dataclass

@@ -29,6 +29,7 @@ NON_FINITE_LOSS = "non-finite loss or gradient"
 ZERO_LOSS = "the loss is zero (nothing to guide)"
 BELOW_TARGET = "loss below stop_below (guidance stops here)"
 NON_FINITE_LATENT = "the update would make the latent non-finite"
+NON_FINITE_REFINEMENT = "a refinement iteration would make the latent or its loss non-finite"
 
 
 def update_scale(

@@ -9,11 +9,9 @@ from __future__ import annotations
 import warnings
 from typing import Any, ClassVar
 
-import numpy as np
 import pytest
 import torch
 from guided_runs import prompt_case, sample_guided, sample_stock
-
 
 
 @pytest.fixture(scope="module")
@@ -107,8 +105,8 @@ def test_refinement_iteration_that_would_make_the_latent_non_finite_is_not_appli
         assert torch.equal(out, sample_stock(case))
     assert [r.step for r in report.steps] == [0, 1]
     for record in report.steps:
-        assert record.refinement_iterations == 1  # the first candidate was refused, which ended refinement
-        assert record.refinement_stopped == run.NON_FINITE_LATENT
+        assert record.refinement_iterations == 0  # the first candidate was refused, which ended refinement
+        assert record.refinement_stopped == run.NON_FINITE_REFINEMENT
         assert record.skipped == run.NON_FINITE_LATENT and not record.stepped
         assert record.loss_after_refinement == record.loss_before  # the refused iteration changed nothing
         assert not record.moved_latent
