@@ -25,38 +25,27 @@ class LossResult:
 
 
 RefinementRule = Callable[[LossResult, int], bool]
-"""``rule(result, iterations_done) -> bool``: should another refinement iteration run?"""
+"""``rule(result, updates_done) -> bool``: judging ``result``, should refinement update number ``updates_done + 1``
+run?"""
 
 
-@dataclass
+@dataclass(frozen=True)
 class Refinement:
-    """Iterative refinement at one loop index (A&E, D&B, T-SAM).
+    """Iterative refinement at one loop index (A&E, D&B, T-SAM); :func:`binding_losses.refinement.refine` runs it.
 
-    Intended loop, at step ``i`` with step size ``alpha_i``::
-
-        result = objective.loss(...)                     # forward on the current latent
-        refinement = objective.refinement(i, N)
-        while refinement is not None and refinement.should_continue(result):
-            z = z - alpha_i * grad(result.total.sum(), z)
-            result = objective.loss(...)                 # forward on the new latent
-        # then the regular update of step i uses ``result``
-
-    ``should_continue`` counts the iterations it allows and stops at ``max_iterations``. With a batch,
-    refinement continues while any item still needs it.
+    Before each update, :meth:`continues` decides on a watched loss result. With ``lagged`` (the reference code of
+    all three methods) that is the result of the latent *before* the last update (the starting latent's, before
+    the first two updates), so the reference takes one more update than a check on the newest latent would.
+    Without ``lagged`` it is the newest latent's result. With a batch, refinement continues while any item needs it.
     """
 
     max_iterations: int
     rule: RefinementRule
-    iterations_done: int = 0
+    lagged: bool = True
 
-    def should_continue(self, result: LossResult) -> bool:
-        """True if one more refinement step should run given the latest ``result`` (counts it)."""
-        if self.iterations_done >= self.max_iterations:
-            return False
-        if not self.rule(result, self.iterations_done):
-            return False
-        self.iterations_done += 1
-        return True
+    def continues(self, watched: LossResult, updates_done: int) -> bool:
+        """True if update number ``updates_done + 1`` should run, judging ``watched``."""
+        return updates_done < self.max_iterations and self.rule(watched, updates_done)
 
 
 def metric_above(target: float) -> RefinementRule:

@@ -19,6 +19,7 @@ from .schedules import (
     DB_REFINEMENT_CAPS,
     DB_TV_THRESHOLDS,
     decaying_step_size,
+    divide_bind_refinement_caps,
     divide_bind_weight,
     is_guided,
     refinement_phase,
@@ -193,6 +194,11 @@ def eot_columns(layout: TokenLayout, num_tokens: int) -> list[ColumnRange]:
     return ranges
 
 
+STOP_RULES = ("faithful", "fixed")
+"""Refinement stop rules of A&E, D&B and T-SAM: ``faithful`` decides as the reference code (one update late,
+T-SAM's inverted rule); ``fixed`` stops as soon as the newest latent meets the target (docs/refinement.md)."""
+
+
 @dataclass
 class _DecayingSchedule(_Validated, Objective):
     """Shared schedule of A&E, D&B and T-SAM: ``scale * sqrt(linspace(1, 0.5, N)[i])`` for i < round(f N)."""
@@ -217,12 +223,17 @@ class AttendExciteObjective(_DecayingSchedule):
     thresholds: tuple[float, float, float] = AE_THRESHOLDS
     max_refinement_steps: int = 20
     refine: bool = True
+    stop_rule: str = "faithful"
     smooth: bool = True
     softmax_scale: float = 100.0
     normalize_eot: bool = False
     kernel_size: int = 3
     sigma: float = 0.5
     main_factor: int | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _choice("stop_rule", self.stop_rule, STOP_RULES)
 
     def loss(
         self,
@@ -252,11 +263,13 @@ class AttendExciteObjective(_DecayingSchedule):
         return LossResult(total=total, metric=total.detach(), terms={"maxima": maxima.detach()})
 
     def refinement(self, step: int, num_steps: int) -> Refinement | None:
-        """At refinement points: continue while loss > 1 - threshold, at most ``max_refinement_steps``."""
+        """At refinement points: continue while loss > 1 - threshold, at most ``max_refinement_steps``
+        (``stop_rule`` faithful: judged one update late, as the reference)."""
         phase = refinement_phase(step, num_steps)
         if not self.refine or phase is None or not self.guides(step, num_steps):
             return None
-        return Refinement(self.max_refinement_steps, metric_above(1.0 - self.thresholds[phase]))
+        rule = metric_above(1.0 - self.thresholds[phase])
+        return Refinement(self.max_refinement_steps, rule, lagged=self.stop_rule == "faithful")
 
 
 @dataclass
@@ -275,6 +288,7 @@ class DivideBindObjective(_DecayingSchedule):
     refinement_caps: str = "paper"
     bind_weights: tuple[float, float, float] = DB_BIND_WEIGHTS
     refine: bool = True
+    stop_rule: str = "faithful"
     smooth: bool = True
     softmax_scale: float = 100.0
     normalize_eot: bool = False
@@ -293,6 +307,7 @@ class DivideBindObjective(_DecayingSchedule):
         _choice("loss_mode", self.loss_mode, DB_MODES)
         _choice("tv_variant", self.tv_variant, TV_VARIANTS)
         _choice("refinement_caps", self.refinement_caps, tuple(DB_REFINEMENT_CAPS))
+        _choice("stop_rule", self.stop_rule, STOP_RULES)
         if self.thresholds is None:
             self.thresholds = DB_MAX_THRESHOLDS if self.loss_mode == "max" else DB_TV_THRESHOLDS
 
@@ -357,16 +372,14 @@ class DivideBindObjective(_DecayingSchedule):
         return LossResult(total=out.total, metric=out.indicator, terms=terms)
 
     def refinement(self, step: int, num_steps: int) -> Refinement | None:
-        """At refinement points: continue while the indicator is below the threshold, up to the cap."""
+        """At refinement points: continue while the indicator is below the threshold, up to the cap
+        (``stop_rule`` faithful: judged one update late, as the reference)."""
         phase = refinement_phase(step, num_steps)
         if not self.refine or phase is None or not self.guides(step, num_steps):
             return None
         assert self.thresholds is not None
-        cap = DB_REFINEMENT_CAPS[self.refinement_caps][phase]
-        return Refinement(cap, metric_below(self.thresholds[phase]))
-
-
-TSAM_STOP_RULES = ("faithful", "fixed")
+        cap = divide_bind_refinement_caps(self.refinement_caps, self.loss_mode)[phase]
+        return Refinement(cap, metric_below(self.thresholds[phase]), lagged=self.stop_rule == "faithful")
 
 
 @dataclass
@@ -375,10 +388,10 @@ class TSAMObjective(_DecayingSchedule):
     ``scale_factor`` / ``guided_fraction`` left as ``None`` take the loss type's defaults.
 
     Refinement runs at every refinement point (no entry test), up to ``refinement_iterations`` (30).
-    ``stop_rule="faithful"`` keeps the reference's inverted rule: after ``break_iteration`` (20) iterations it
-    stops if the loss is still above τ(n), otherwise runs on to 30. ``"fixed"`` stops as soon as loss <= τ(n).
-    τ(n) = 0.14 (n - 1); faithful mode uses the reference table for n in {5, 6, 7} and falls back to this
-    formula for any other n (the reference raises ``KeyError`` there).
+    ``stop_rule="faithful"`` keeps the reference's inverted rule: after ``break_iteration`` (20) updates it
+    stops if the loss of the latent before the last update is still above τ(n), otherwise runs on to 30.
+    ``"fixed"`` stops as soon as the newest latent's loss is <= τ(n). τ(n) = 0.14 (n - 1) for every n (the
+    reference raises ``KeyError`` outside n in {5, 6, 7}).
 
     ``text_self_attention`` passed to :meth:`loss` is the raw T' averaged over layers and heads,
     ``[L, L]`` or ``[B, L, L]``, including SOT at 0 and EOT at n + 1 (``L >= n + 2``, e.g. the full 77x77);
@@ -401,7 +414,7 @@ class TSAMObjective(_DecayingSchedule):
     def __post_init__(self) -> None:
         super().__post_init__()
         _choice("loss_type", self.loss_type, TSAM_LOSS_TYPES)
-        _choice("stop_rule", self.stop_rule, TSAM_STOP_RULES)
+        _choice("stop_rule", self.stop_rule, STOP_RULES)
         if self.scale_factor is None:
             self.scale_factor = 5.0 if self.loss_type == "code" else 10.0
         if self.guided_fraction is None:
@@ -450,13 +463,13 @@ class TSAMObjective(_DecayingSchedule):
 
         def rule(result: LossResult, done: int) -> bool:
             n = int(result.terms["num_tokens"].item()) if "num_tokens" in result.terms else 0
-            tau = tsam_threshold(n, "faithful" if faithful else "fixed")
+            tau = tsam_threshold(n)
             loss = result.metric.detach()
             if faithful:
                 return done != break_at or bool((loss <= tau).any())
             return bool((loss > tau).any())
 
-        return Refinement(self.refinement_iterations, rule)
+        return Refinement(self.refinement_iterations, rule, lagged=faithful)
 
 
 class ObjectiveChain(Objective):
@@ -566,6 +579,7 @@ def _lookup(method: str) -> type[Objective]:
 
 __all__ = [
     "METHODS",
+    "STOP_RULES",
     "AttendExciteObjective",
     "DivideBindObjective",
     "LossResult",

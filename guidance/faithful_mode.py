@@ -16,6 +16,7 @@ import comfy.utils
 import torch
 
 from ..attention_patch import RecordingComplete
+from ..binding_losses.refinement import ProgressCallback, refine
 from ..kernels.cpu_convolution import guidance_convolutions
 from ..kernels.differentiable_attention import with_differentiable_attention
 from .gradients import GradientOverflowError, loss_and_gradient
@@ -27,11 +28,23 @@ from .run import (
     NON_FINITE_LOSS,
     NON_FINITE_REFINEMENT,
     GuidanceRun,
-    all_finite,
     finite_as,
     update_scale,
     update_skip_reason,
 )
+
+
+def _refinement_progress() -> ProgressCallback:
+    """Refinement can take many UNet passes at one step: show them on the node's progress bar."""
+    bar: comfy.utils.ProgressBar | None = None
+
+    def advance(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = comfy.utils.ProgressBar(total)
+        bar.update_absolute(done, total)
+
+    return advance
 
 
 @dataclass
@@ -85,22 +98,28 @@ class FaithfulRun(GuidanceRun):
         if not self.wants_step(step) or self.stopped_early:
             return
         self.check_planned_sigma(sigma, step)
-        refinement = self.objective.refinement(step, self.num_steps)
         step_size = float(self.objective.step_size(step, self.num_steps))
         with torch.inference_mode(False), torch.enable_grad():
-            latent = x.detach().clone().float()
             sigma_work = sigma.detach().clone()
-            scale = update_scale(self.model_sampling, step_size, sigma_work, latent, denoise_mask)
+            start = x.detach().clone().float()
+            scale = update_scale(self.model_sampling, step_size, sigma_work, start, denoise_mask)
 
             def evaluate(candidate: torch.Tensor) -> _Point:
                 return _Point(candidate, *self.loss_and_grad(candidate, sigma_work, model_options, step))
 
-            point = evaluate(latent)
-            loss_before, iterations, refinement_stopped = point.loss, 0, None
-            usable = all_finite(point.loss, point.grad)
-            if usable and refinement is not None:
-                point, iterations, refinement_stopped = self._refine(point, evaluate, refinement, scale, x.dtype)
-            point, skipped, loss_after_step = self._update(point, step, usable, scale, x.dtype, evaluate)
+            # refine() refuses any iteration whose latent or loss would be non-finite and keeps the last finite one.
+            refined = refine(
+                lambda z: self.loss_and_grad(z, sigma_work, model_options, step)[:2],
+                start,
+                self.objective,
+                step,
+                self.num_steps,
+                scale,
+                on_iteration=_refinement_progress(),
+            )
+            refinement_stopped = NON_FINITE_REFINEMENT if refined.non_finite and refined.usable else None
+            point = _Point(refined.z, refined.result, refined.grad, refined.loss)
+            point, skipped, loss_after_step = self._update(point, step, refined.usable, scale, x.dtype, evaluate)
             maps = self.recorder.levels().get(self.main_factor)
         with torch.inference_mode():
             x.copy_(point.latent.to(x.dtype))
@@ -109,9 +128,9 @@ class FaithfulRun(GuidanceRun):
         record = StepRecord(
             step=step,
             sigma=float(sigma.flatten()[0]),
-            loss_before=loss_before,
+            loss_before=refined.initial_loss,
             loss_after_refinement=point.loss,
-            refinement_iterations=iterations,
+            refinement_iterations=refined.iterations,
             stepped=skipped is None and self.objective.guides(step, self.num_steps),
             step_size=step_size,
             loss_after_step=loss_after_step,
@@ -119,28 +138,6 @@ class FaithfulRun(GuidanceRun):
             refinement_stopped=refinement_stopped,
         )
         self.report.add(record, maps.mean.detach() if maps is not None else None)
-
-    def _refine(
-        self, point: _Point, evaluate: Any, refinement: Any, scale: torch.Tensor, dtype: torch.dtype
-    ) -> tuple[_Point, int, str | None]:
-        """Refinement iterations at one step: (last accepted point, iterations applied, why it stopped early or None).
-
-        An iteration whose latent would not be finite, or whose loss is not, is not applied and ends refinement.
-        """
-        iterations = 0
-        # Refinement can take many UNet passes at one step: show them on the node's progress bar.
-        progress = comfy.utils.ProgressBar(refinement.max_iterations)
-        while iterations < refinement.max_iterations and refinement.should_continue(point.result):
-            progress.update(1)
-            candidate = point.latent - scale * point.grad
-            if not finite_as(candidate, dtype):
-                return point, iterations, NON_FINITE_REFINEMENT
-            new_point = evaluate(candidate)
-            if not all_finite(new_point.loss, new_point.grad):
-                return point, iterations, NON_FINITE_REFINEMENT
-            point = new_point
-            iterations += 1
-        return point, iterations, None
 
     def _update(
         self, point: _Point, step: int, usable: bool, scale: torch.Tensor, dtype: torch.dtype, evaluate: Any

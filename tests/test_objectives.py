@@ -158,10 +158,9 @@ def test_refinement_counts_and_caps() -> None:
     layout = TokenLayout(bindings=(TokenBinding((3,)),), prompt_positions=(1, 2, 3))
     result = objective.loss(attn, layout, 10, 50)
     runs = 0
-    while refinement.should_continue(result):
+    while refinement.continues(result, runs):
         runs += 1
     assert runs == (3 if bool((result.metric > 0.5).any()) else 0)
-    assert refinement.iterations_done == runs
 
 
 def test_parameters_are_coerced_and_validated() -> None:
