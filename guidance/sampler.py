@@ -142,9 +142,9 @@ class BindingGuidedSampler(comfy.samplers.Sampler):
             if replaced:
                 log.debug("Binding guidance: made %d inference-mode weights usable for backward.", replaced)
 
-        # From here on this mirrors comfy.samplers.KSAMPLER.sample (ComfyUI 0.3.75) statement for statement; the one
-        # difference is the guidance proxy around KSamplerX0Inpaint, outside the inpaint blend, so that the in-place
-        # update reaches the sampler's own state tensor. tests/test_guided_sampler.py
+        # From here on this mirrors comfy.samplers.KSAMPLER.sample (ComfyUI 0.3.75) statement for statement. The only
+        # additions are the step plan and the guidance proxy around KSamplerX0Inpaint, outside the inpaint blend, so
+        # that the in-place update reaches the sampler's own state tensor. tests/test_guided_sampler.py
         # (test_empty_bindings_match_stock_ksampler_exactly) guards it: unguided, it must equal KSampler bit for bit.
         extra_args["denoise_mask"] = denoise_mask
         denoiser = comfy.samplers.KSamplerX0Inpaint(model_wrap, sigmas)
