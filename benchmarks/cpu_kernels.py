@@ -3,7 +3,8 @@
 The shapes are the 3×3 convolutions of an SD1.5-width UNet (320 channels, multipliers 1, 2, 4, 4) at a latent of
 ``--side`` (32 = 256 px), batch 1. For each, the forward and the input-gradient backward are timed on both kernels
 through the pack's own routed convolution (``kernels.cpu_convolution``), best of ``--repeats``. The last line
-summarises the native/oneDNN ratio range over the deep (≥ 1280 channel) and the wide (≤ 640 channel) shapes.
+summarises the native/oneDNN time ratio over the deep low-resolution shapes (latent/4 and latent/8: 8×8 and 4×4 at
+256 px) and over the full-resolution ones.
 
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/cpu_kernels.py
 """
@@ -56,7 +57,7 @@ def main() -> None:
                 runs = [kernels._seconds_per_direction(onednn, x, weight, bias, params) for _ in range(args.repeats)]
                 timed[onednn] = tuple(min(run[i] for run in runs) for i in range(2))
             forward, backward = (timed[False][i] / timed[True][i] for i in range(2))
-            group = "deep" if min(cin, cout) >= 1280 else "wide" if max(cin, cout) <= 640 else None
+            group = "deep" if factor >= 4 else "wide" if factor == 1 else None
             if group is not None:
                 ratios[group] += [forward, backward]
             print(
@@ -65,8 +66,8 @@ def main() -> None:
                 f"{timed[False][0] * 1e3:7.1f} / {timed[False][1] * 1e3:7.1f}   {forward:5.2f}, {backward:5.2f}"
             )
     print(
-        "native/oneDNN time: deep layers (≥1280 ch) "
-        f"{min(ratios['deep']):.2f}–{max(ratios['deep']):.2f}, wide layers (≤640 ch) "
+        "native/oneDNN time: deep layers (latent/4, latent/8) "
+        f"{min(ratios['deep']):.2f}–{max(ratios['deep']):.2f}, full-resolution layers "
         f"{min(ratios['wide']):.2f}–{max(ratios['wide']):.2f}"
     )
 
