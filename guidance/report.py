@@ -79,10 +79,11 @@ class GuidanceReport:
         skipped = Counter(record.skipped for record in self.steps if record.skipped is not None)
         skipped.update(record.refinement_stopped for record in self.steps if record.refinement_stopped is not None)
         reasons = "; ".join(f"{reason} ({count}x)" for reason, count in skipped.items())
+        guided = f"{len(self.steps)} guided step{'' if len(self.steps) == 1 else 's'}"
         if not self.applied:
-            return f"Guidance did nothing: no update of the {len(self.steps)} guided steps was applied ({reasons})."
+            return f"Guidance did nothing: no update of the {guided} was applied ({reasons})."
         moved = sum(record.moved_latent for record in self.steps)
-        summary = f"Guidance moved the latent at {moved} of {len(self.steps)} guided steps"
+        summary = f"Guidance moved the latent at {moved} of {guided}"
         return f"{summary}; skipped: {reasons}." if reasons else f"{summary}."
 
     def to_dict(self) -> dict:

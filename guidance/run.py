@@ -26,8 +26,8 @@ from .report import GuidanceReport
 log = logging.getLogger("binding_guidance")
 
 NON_FINITE_LOSS = "non-finite loss or gradient"
-ZERO_LOSS = "the loss is zero (nothing to guide)"
-BELOW_TARGET = "loss below stop_below (guidance stops here)"
+ZERO_LOSS = "the loss is zero, so there is nothing to guide"
+BELOW_TARGET = "the loss is below stop_below, so guidance stops"
 NON_FINITE_LATENT = "the update would make the latent non-finite"
 NON_FINITE_REFINEMENT = "a refinement iteration would make the latent or its loss non-finite"
 

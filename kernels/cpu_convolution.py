@@ -3,9 +3,9 @@
 On CPU, PyTorch runs ``conv2d`` through oneDNN where it can. ComfyUI's plain passes use a batch of two latents
 (cond and uncond); the guidance pass runs the conditional latent alone and also needs the input gradient. For that
 batch of one, oneDNN can be slower than PyTorch's native im2col kernel on the deep, low-resolution UNet layers and
-faster on the wide high-resolution ones; which one wins depends on the CPU and its thread count (figures and the
-command that measures them: ``docs/guidance_modes.md``). Both compute the same convolution; results differ by float
-rounding only.
+faster on the wide high-resolution ones; which one wins depends on the CPU and its thread count (figures, and the
+command that measures them: README, "Convolution kernels on CPU"). Both compute the same convolution; results
+differ by float rounding only.
 
 ``cpu_convolution`` choices (see ``CPU_CONVOLUTION_CHOICES``):
 
