@@ -126,3 +126,20 @@ def test_sdxl_conditioning_is_split_with_the_batch(harness: Any, sdxl: tuple) ->
     assert_same_prediction(unguided, _stock(setup), model)
     assert report.steps[0].loss_before == pytest.approx(faithful.steps[0].loss_before, rel=1e-5)
     assert (guided - unguided).abs().max() > 1e-3
+
+
+def test_each_mode_has_its_run_class_and_an_unknown_mode_is_named(harness: Any, setup: dict) -> None:
+    import comfy.samplers
+
+    sampler_module = harness.module("guidance.sampler")
+    classes = {
+        mode: sampler_module.BindingGuidedSampler(comfy.samplers.sampler_object("euler"), setup["bindings"],
+                                                  _config(harness, mode)).run_class()
+        for mode in ("faithful", "fast")
+    }
+    assert classes == {"faithful": harness.module("guidance.faithful_mode").FaithfulRun,
+                       "fast": harness.module("guidance.fast_mode").FastRun}
+    odd = sampler_module.BindingGuidedSampler(comfy.samplers.sampler_object("euler"), setup["bindings"],
+                                              _config(harness, "quick"))
+    with pytest.raises(sampler_module.BindingGuidanceError, match="guidance mode 'quick' is not one of faithful, fast"):
+        odd.run_class()
