@@ -243,8 +243,9 @@ def test_config_node_reads_cpu_convolution_from_advanced(harness: Any) -> None:
     # The default is PyTorch's own kernel: the same seed gives the same CPU image after a ComfyUI restart.
     assert config_node.build_config("syngen", 20.0, 0.5).cpu_convolution == "default"
     assert harness.module("guidance.inputs").GuidanceConfig(objective=None).cpu_convolution == "default"
-    chosen = config_node.build_config("syngen", 20.0, 0.5, "cpu_convolution = default")
-    assert chosen.cpu_convolution == "default"
-    assert config_node.build_config("syngen", 20.0, 0.5, previous=chosen).cpu_convolution == "default"
-    with pytest.raises(ValueError, match="cpu_convolution must be 'auto', 'default', 'native', got 'fast'"):
+    chosen = config_node.build_config("syngen", 20.0, 0.5, "cpu_convolution = native")
+    assert chosen.cpu_convolution == "native"
+    assert config_node.build_config("syngen", 20.0, 0.5, previous=chosen).cpu_convolution == "native"
+    with pytest.raises(ValueError,
+                       match=r"cpu_convolution must be 'auto', 'default' or 'native', got 'fast' \(default 'default'\)"):
         config_node.build_config("syngen", 20.0, 0.5, "cpu_convolution = fast")

@@ -204,7 +204,7 @@ def test_stop_rule_defaults_to_faithful_and_names_bad_values(method: str) -> Non
     assert objective.stop_rule == "faithful" and refinement is not None and refinement.lagged  # type: ignore[attr-defined]
     fixed = make_objective(method, stop_rule="fixed").refinement(0, 50)
     assert fixed is not None and not fixed.lagged
-    with pytest.raises(ValueError, match=r"stop_rule must be one of \('faithful', 'fixed'\), got 'late'"):
+    with pytest.raises(ValueError, match=r"stop_rule must be 'faithful' or 'fixed', got 'late' \(default 'faithful'\)"):
         make_objective(method, stop_rule="late")
 
 
