@@ -6,8 +6,8 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from ..binding_losses.types import TokenLayout
-from ..settings import Bounds, convert_fields, setting
 from ..kernels.cpu_convolution import CPU_CONVOLUTION_CHOICES
+from ..settings import Bounds, convert_fields, setting
 
 
 @dataclass(frozen=True)

@@ -246,6 +246,6 @@ def test_config_node_reads_cpu_convolution_from_advanced(harness: Any) -> None:
     chosen = config_node.build_config("syngen", 20.0, 0.5, "cpu_convolution = native")
     assert chosen.cpu_convolution == "native"
     assert config_node.build_config("syngen", 20.0, 0.5, previous=chosen).cpu_convolution == "native"
-    with pytest.raises(ValueError,
-                       match=r"cpu_convolution must be 'auto', 'default' or 'native', got 'fast' \(default 'default'\)"):
+    refusal = r"cpu_convolution must be 'auto', 'default' or 'native', got 'fast' \(default 'default'\)"
+    with pytest.raises(ValueError, match=refusal):
         config_node.build_config("syngen", 20.0, 0.5, "cpu_convolution = fast")
