@@ -1,7 +1,7 @@
 """An update that would make the latent non-finite is never applied, and guidance that did nothing says so.
 
-The configs are built directly (the config node refuses these step sizes): a step size of inf or 1e38 makes
-α/c²·∇ₓL non-finite, which is the forced failure. Real ComfyUI, the tiny SD1.5 checkpoint.
+The objectives refuse these step sizes, so the tests force them onto a built objective: a step size of inf or 1e38
+makes α/c²·∇ₓL non-finite, which is the forced failure. Real ComfyUI, the tiny SD1.5 checkpoint.
 """
 
 from __future__ import annotations
@@ -20,10 +20,15 @@ def case(harness: Any, sd15: tuple) -> dict:
     return prompt_case(harness, model, clip)
 
 
-def _config(harness: Any, method: str = "syngen", mode: str = "faithful", **params: Any) -> Any:
+def _config(harness: Any, method: str = "syngen", mode: str = "faithful", scale_factor: float = 20.0,
+            **params: Any) -> Any:
+    """A config whose objective has ``scale_factor``; an out-of-range one (inf, 1e38) is forced past the declared
+    range that every objective checks, as if validation had a hole."""
     inputs = harness.module("guidance.inputs")
     objectives = harness.module("binding_losses.objectives")
-    return inputs.GuidanceConfig(objective=objectives.make_objective(method, **params), mode=mode)
+    objective = objectives.make_objective(method, **params)
+    object.__setattr__(objective, "scale_factor", scale_factor)
+    return inputs.GuidanceConfig(objective=objective, mode=mode)
 
 
 def _warning_pixels(image: torch.Tensor) -> int:
