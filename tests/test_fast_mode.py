@@ -139,7 +139,8 @@ def test_each_mode_has_its_run_class_and_an_unknown_mode_is_named(harness: Any, 
     }
     assert classes == {"faithful": harness.module("guidance.faithful_mode").FaithfulRun,
                        "fast": harness.module("guidance.fast_mode").FastRun}
-    odd = sampler_module.BindingGuidedSampler(comfy.samplers.sampler_object("euler"), setup["bindings"],
-                                              _config(harness, "quick"))
+    config = _config(harness, "fast")
+    object.__setattr__(config, "mode", "quick")  # GuidanceConfig refuses it; a substituted run_classes may lack one
+    odd = sampler_module.BindingGuidedSampler(comfy.samplers.sampler_object("euler"), setup["bindings"], config)
     with pytest.raises(sampler_module.BindingGuidanceError, match="guidance mode 'quick' is not one of faithful, fast"):
         odd.run_class()
