@@ -21,6 +21,7 @@ from ..tokens import find_words
 from .errors import BindingGuidanceError
 from .gradients import LossScale
 from .inputs import GuidanceConfig, PromptBindings
+from .prompt_match import matching_entry
 from .report import GuidanceReport
 
 log = logging.getLogger("binding_guidance")
@@ -103,7 +104,7 @@ class GuidanceRun:
         problem = self.objective.requirement_error(self.layout) if self.active else None
         if problem is not None:
             raise BindingGuidanceError(f"config: {problem}")
-        self.text_attention = bindings.text_self_attention
+        self.text_attention = bindings.text_self_attention_for(self.objective)  # T-SAM only
         base_model = guider.inner_model
         all_layers = require_unet(base_model)  # refuses DiT/MMDiT models, naming the family
         self.main_factor = choose_main_factor(all_layers, config.main_factor)
@@ -118,18 +119,18 @@ class GuidanceRun:
         self.report = GuidanceReport(main_factor=self.main_factor, num_steps=self.num_steps)
         if not self.active:
             self.report.inactive_reason = "the prompt has no bindings this method can guide"
-        self.positive = self._guidance_positive(guider)
+        self.positive = self._guidance_positive(guider, bindings)
         self.stopped_early = False
         self._warned: set[str] = set()
 
     @staticmethod
-    def _guidance_positive(guider: Any) -> list:
+    def _guidance_positive(guider: Any, bindings: PromptBindings) -> list:
         """The positive conditioning entries the guidance forward runs on."""
         positive = guider.conds.get("positive") if hasattr(guider, "conds") else None
         if not positive:
             raise BindingGuidanceError("Binding guidance needs a positive conditioning; the guider has none.")
-        # The guidance forward uses the first positive entry only (the prompt that was parsed).
-        return positive[:1]
+        # The guidance forward uses the positive entry that comes from the parsed prompt; none: refused here.
+        return [matching_entry(bindings.fingerprint, positive, bindings.prompt, bindings.positive_prompts)]
 
     def wants_step(self, step: int) -> bool:
         """Whether step ``step`` gets any guidance (a gradient step or refinement)."""
