@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+from comfy.model_patcher import set_model_options_patch_replace
 
 from ..binding_losses.types import AttentionLevel
 from .layers import CrossAttentionLayer
@@ -85,16 +86,15 @@ class AttentionRecorder:
         A patch already present for a layer (IPAdapter, attention couple, ...) is kept: it still produces the
         layer's output, and the recorder only reads the probabilities.
         """
-        options = dict(model_options)
-        transformer_options = dict(options.get("transformer_options", {}))
-        patches_replace = dict(transformer_options.get("patches_replace", {}))
-        attn2 = dict(patches_replace.get("attn2", {}))
+        options = {**model_options, "transformer_options": model_options.get("transformer_options", {})}
+        existing = options["transformer_options"].get("patches_replace", {}).get("attn2", {})
         for layer in self.layers:
-            previous = attn2.get(layer.patch_key) or attn2.get(layer.block)
-            attn2[layer.patch_key] = self._make_patch(layer, previous)
-        patches_replace["attn2"] = attn2
-        transformer_options["patches_replace"] = patches_replace
-        options["transformer_options"] = transformer_options
+            previous = existing.get(layer.patch_key) or existing.get(layer.block)
+            block_name, number, transformer_index = layer.patch_key
+            # ComfyUI's helper copies the nested dicts it changes, so the caller's options stay untouched.
+            set_model_options_patch_replace(
+                options, self._make_patch(layer, previous), "attn2", block_name, number, transformer_index
+            )
         return options
 
     def _record(self, layer: CrossAttentionLayer, probs: torch.Tensor, extra_options: dict) -> None:

@@ -62,7 +62,7 @@ def main() -> None:
     from tiny_models import SDXL_FULL_UNET, init_weights
 
     capture = importlib.import_module("binding_guidance.attention_patch")
-    differentiable = importlib.import_module("binding_guidance.attention_patch.differentiable_attention")
+    differentiable = importlib.import_module("binding_guidance.kernels.differentiable_attention")
 
     config = comfy.supported_models.SDXL(dict(SDXL_FULL_UNET))
     config.set_inference_dtype(torch.bfloat16, None)

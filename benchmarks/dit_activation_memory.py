@@ -49,7 +49,7 @@ def flux_with(depth: int) -> object:
 def saved_bytes(model: object, side: int) -> int:
     """Bytes autograd keeps for backward in one guidance forward (every block recorded) at a side×side latent."""
     capture = importlib.import_module("binding_guidance.attention_patch.capture")
-    differentiable = importlib.import_module("binding_guidance.attention_patch.differentiable_attention")
+    differentiable = importlib.import_module("binding_guidance.kernels.differentiable_attention")
     depth = len(model.diffusion_model.double_blocks)
     recorder = capture.capture_for_model(model, 4, lambda f: {f}, dit_blocks=f"double 0-{depth - 1}").recorder(True)
     options = recorder.model_options_with_patches(differentiable.with_differentiable_attention({}))

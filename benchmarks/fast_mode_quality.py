@@ -21,7 +21,7 @@ import importlib
 import statistics
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -78,28 +78,34 @@ def main() -> None:
     objectives = importlib.import_module("binding_guidance.binding_losses.objectives")
     parse_node = importlib.import_module("binding_guidance.nodes.parse_node")
 
-    class ProbedRun(sampler_module.GuidanceRun):
-        """A GuidanceRun that also measures the loss at every step's denoised latent (benchmark only)."""
+    latest_probes: dict[int, float] = {}
 
-        latest: ProbedRun | None = None
+    def probed(run_class: type) -> type:
+        class ProbedRun(run_class):
+            """A guidance run that also measures the loss at every step's denoised latent (benchmark only)."""
 
-        def __init__(self, *run_args: Any) -> None:
-            super().__init__(*run_args)
-            self.probes: dict[int, float] = {}
-            ProbedRun.latest = self
+            def __init__(self, *run_args: Any) -> None:
+                super().__init__(*run_args)
+                latest_probes.clear()
+                self.probes = latest_probes
 
-        def intercepts(self, step: int) -> bool:
-            return True
+            def intercepts(self, step: int) -> bool:
+                return True
 
-        def before_call(self, x: Any, sigma: Any, step: int, denoise_mask: Any, model_options: dict) -> dict:
-            call_options = super().before_call(x, sigma, step, denoise_mask, model_options)
-            with torch.inference_mode(False), torch.no_grad():
-                result = self._loss(x.detach().clone().float(), sigma.detach().clone(), model_options, step)
-                self.probes[step] = float(result.total.float().sum())
-            return call_options
+            def before_call(self, x: Any, sigma: Any, step: int, denoise_mask: Any, model_options: dict) -> dict:
+                call_options = super().before_call(x, sigma, step, denoise_mask, model_options)
+                with torch.inference_mode(False), torch.no_grad():
+                    latent, sigma_copy = x.detach().clone().float(), sigma.detach().clone()
+                    result = self.guidance_loss(latent, sigma_copy, model_options, step)
+                    self.probes[step] = float(result.total.float().sum())
+                return call_options
+
+        return ProbedRun
 
     class ProbedSampler(sampler_module.BindingGuidedSampler):
-        run_class = ProbedRun
+        run_classes: ClassVar[dict] = {
+            mode: probed(cls) for mode, cls in sampler_module.BindingGuidedSampler.run_classes.items()
+        }
 
     path = Path(args.checkpoint) if args.checkpoint else tiny_checkpoint()
     with torch.inference_mode():
@@ -120,7 +126,7 @@ def main() -> None:
             comfy.sample.sample_custom(
                 model, noise, 7.5, sampler, sigmas, positive, negative, latent, disable_pbar=True, seed=seed
             )
-        return ProbedRun.latest.probes
+        return dict(latest_probes)
 
     rows = []
     for prompt in PROMPTS:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import gc
 import importlib
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from guidance_overhead import DTYPES, SamplingBench, start_comfy
@@ -36,16 +36,16 @@ def first_step_gradient(args: argparse.Namespace, dtype: str) -> tuple[float, to
     sampler_module = importlib.import_module("binding_guidance.guidance.sampler")
     probes: list[tuple[float, torch.Tensor]] = []
 
-    class ProbedRun(sampler_module.GuidanceRun):
-        def _loss_and_grad(
+    class ProbedRun(sampler_module.BindingGuidedSampler.run_classes["faithful"]):
+        def loss_and_grad(
             self, latent: torch.Tensor, sigma: torch.Tensor, model_options: dict, step: int
         ) -> tuple[Any, torch.Tensor, float]:
-            result, grad, loss = super()._loss_and_grad(latent, sigma, model_options, step)
+            result, grad, loss = super().loss_and_grad(latent, sigma, model_options, step)
             probes.append((loss, grad.detach().float().cpu()))
             return result, grad, loss
 
     class ProbedSampler(sampler_module.BindingGuidedSampler):
-        run_class = ProbedRun
+        run_classes: ClassVar[dict] = {"faithful": ProbedRun}
 
     bench = SamplingBench(args.arch, args.device, dtype, args.latent)
     bench.run(2, bench.config(1.0), sampler_class=ProbedSampler)

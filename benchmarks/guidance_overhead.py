@@ -192,7 +192,8 @@ def main() -> None:
     if args.device != "cpu":  # the convolution choice only exists on CPU
         del variants["guided_default_convolution"], variants["fast_default_convolution"]
         del variants["plain_native_convolution"]
-    cpu_convolution = importlib.import_module("binding_guidance.guidance.cpu_convolution")
+    # "auto"'s kernel choices, as every guided run of this process shares them
+    kernel_timings = importlib.import_module("binding_guidance.guidance.sampler").BindingGuidedSampler.kernel_timings
 
     run(2, None)  # warm-up (model load, kernels)
     plain_peak = peak_memory_mb(args.device)
@@ -242,7 +243,7 @@ def main() -> None:
         *(
             [
                 f"convolution kernels of the guidance pass timed per shape once "
-                f"({cpu_convolution.tuning_seconds():.2f} s, {cpu_convolution.native_share()}); "
+                f"({kernel_timings.seconds:.2f} s, {kernel_timings.native_share()}); "
                 f"with PyTorch's default kernel instead: faithful step "
                 f"{default_convolution['guided'] / per_step_steps:.3f} s "
                 f"(ratio {default_convolution['guided'] / plain_steps:.3f}), fast step "

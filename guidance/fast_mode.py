@@ -7,7 +7,8 @@ recorded layer has run, the loss and its gradient with respect to the model inpu
 rest of the forward continues without grad. The unconditional rows run exactly as before. The resulting update
 is applied to the latent one step later (see ``docs/guidance_modes.md``).
 
-:class:`ConditionalGradientCapture` is a ComfyUI ``model_function_wrapper`` that does this for one model call.
+:class:`ConditionalGradientCapture` is a ComfyUI ``model_function_wrapper`` that does this for one model call;
+:class:`FastRun` is the guidance mode that installs it and applies the update one step later.
 """
 
 from __future__ import annotations
@@ -20,10 +21,15 @@ from typing import Any
 import torch
 
 from ..attention_patch import AttentionCapture
-from ..attention_patch.differentiable_attention import with_differentiable_attention
 from ..binding_losses.types import AttentionLevel
-from .cpu_convolution import guidance_convolutions
+from ..kernels.cpu_convolution import KernelTimings, guidance_convolutions
+from ..kernels.differentiable_attention import with_differentiable_attention
+from .errors import BindingGuidanceError
+from .faithful_mode import FaithfulRun
 from .gradients import GradientOverflowError, LossScale, loss_and_gradient
+from .model_loading import single_device
+from .report import StepRecord
+from .run import BELOW_TARGET, NON_FINITE_LATENT, finite_as, update_scale, update_skip_reason
 
 log = logging.getLogger("binding_guidance")
 
@@ -100,7 +106,8 @@ class ConditionalGradientCapture:
         previous: ModelFunctionWrapper | None = None,
         differentiable_attention: bool = True,
         loss_scale: LossScale | None = None,
-        cpu_convolution: str = "auto",
+        cpu_convolution: str = "default",
+        kernel_timings: KernelTimings | None = None,
     ) -> None:
         self.recorder = attention.recorder(stop_early=False, on_complete=self._on_layers_recorded)
         self.loss_of_levels = loss_of_levels
@@ -109,6 +116,7 @@ class ConditionalGradientCapture:
         self.differentiable_attention = differentiable_attention
         self.loss_scale = loss_scale
         self.cpu_convolution = cpu_convolution
+        self.kernel_timings = kernel_timings
         self.captured: CapturedGradient | None = None
         self._leaf: torch.Tensor | None = None
 
@@ -139,7 +147,9 @@ class ConditionalGradientCapture:
         # than a plain step's only because of guidance, so its forward-only convolutions get them too.
         split = len(chunks) > 1
         before_output = after_output = None
-        with guidance_convolutions(self.cpu_convolution, args["input"].device, forwards_without_graph=split):
+        with guidance_convolutions(
+            self.cpu_convolution, args["input"].device, self.kernel_timings, forwards_without_graph=split
+        ):
             cond_output = self._run_conditional(apply_model, _sub_call(args, cond_rows, [0], uuids and [uuids[first]]))
             if first > 0:
                 before_call = _sub_call(args, before, chunks[:first], uuids and uuids[:first])
@@ -192,3 +202,116 @@ class ConditionalGradientCapture:
         # The rest of this forward only produces the step's prediction: build no graph for it. The caller's
         # enable_grad() context restores the grad mode when the forward returns.
         torch.set_grad_enabled(False)
+
+
+FP16_OVERFLOW = "fp16 gradient overflow (the loss scale is lowered for the next steps)"
+LAST_STEP = "last step (fast mode has no later step to apply the update to)"
+
+
+@dataclass
+class _PendingCapture:
+    """A fast-mode gradient capture installed for one model call."""
+
+    capture: ConditionalGradientCapture
+    sigma: torch.Tensor
+    denoise_mask: Any
+
+
+class FastRun(FaithfulRun):
+    """Fast guidance: the gradient of step i comes from step i's own model call and moves the latent at step i+1.
+
+    Steps with refinement iterate guidance passes at one step by design, so they run as faithful mode does.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._capture: _PendingCapture | None = None
+        self._pending_update: tuple[int, torch.Tensor] | None = None
+
+    def intercepts(self, step: int) -> bool:
+        """Guided steps, and the step after a guided one (where its update lands)."""
+        return self.wants_step(step) or (step > 0 and self.objective.guides(step - 1, self.num_steps))
+
+    def before_call(
+        self, x: torch.Tensor, sigma: torch.Tensor, step: int, denoise_mask: Any, model_options: dict
+    ) -> dict:
+        """Apply the previous step's update, then install this step's gradient capture on its model call."""
+        self._apply_pending_update(x, step)
+        if self.stopped_early or not self.wants_step(step):
+            return model_options
+        if self.objective.refinement(step, self.num_steps) is not None:
+            self.guide(x, sigma, step, denoise_mask, model_options)
+            return model_options
+        self.check_planned_sigma(sigma, step)
+        capture = ConditionalGradientCapture(
+            self.capture,
+            lambda levels: self.objective_loss(levels, step),
+            self.main_factor,
+            previous=model_options.get("model_function_wrapper"),
+            differentiable_attention=self.config.guidance_attention == "sdpa",
+            loss_scale=self.loss_scale,
+            cpu_convolution=self.config.cpu_convolution,
+            kernel_timings=self.kernel_timings,
+        )
+        self._capture = _PendingCapture(capture, sigma.detach().clone(), denoise_mask)
+        return capture.model_options(single_device(model_options))
+
+    def after_call(self, step: int) -> None:
+        """Turn the gradient captured during this step's model call into next step's update."""
+        pending, self._capture = self._capture, None
+        if pending is None:
+            return
+        captured = pending.capture.captured
+        if captured is None:
+            raise BindingGuidanceError(
+                "Fast binding guidance: the step's model call had no conditional batch to read attention from."
+            )
+        step_size = float(self.objective.step_size(step, self.num_steps))
+        skipped = self._update_from(captured, pending, step, step_size)
+        self.note_skip(step, skipped)
+        record = StepRecord(
+            step=step,
+            sigma=float(pending.sigma.flatten()[0]),
+            loss_before=captured.loss,
+            loss_after_refinement=captured.loss,
+            refinement_iterations=0,
+            stepped=skipped is None,
+            step_size=step_size,
+            skipped=skipped,
+        )
+        self.report.add(record, captured.maps)
+
+    def _update_from(
+        self, captured: CapturedGradient, pending: _PendingCapture, step: int, step_size: float
+    ) -> str | None:
+        """Queue next step's update from ``captured``; returns why there is none, or None."""
+        if captured.grad is None:
+            return FP16_OVERFLOW
+        skipped = update_skip_reason(captured.loss, captured.grad, self.config.stop_below)
+        if skipped == BELOW_TARGET:
+            self.stopped_early = True
+        if skipped is None and step + 1 >= self.num_steps:
+            skipped = LAST_STEP
+        if skipped is not None:
+            return skipped
+        with torch.inference_mode(False):
+            grad = captured.grad
+            sigma = pending.sigma.to(grad.device)
+            scale = update_scale(self.model_sampling, step_size, sigma, grad, pending.denoise_mask)
+            update = -(scale * grad)
+        if not bool(torch.isfinite(update).all()):
+            return NON_FINITE_LATENT
+        self._pending_update = (step, update)
+        return None
+
+    def _apply_pending_update(self, x: torch.Tensor, step: int) -> None:
+        pending, self._pending_update = self._pending_update, None
+        if pending is None or pending[0] != step - 1:
+            return
+        with torch.inference_mode():
+            updated = x + pending[1].to(device=x.device, dtype=x.dtype)
+            if finite_as(updated, x.dtype):
+                x.copy_(updated)
+                return
+        self.report.mark_skipped(pending[0], NON_FINITE_LATENT)
+        self.note_skip(pending[0], NON_FINITE_LATENT)

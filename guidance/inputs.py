@@ -8,8 +8,8 @@ from typing import Any
 from ..attention_patch.block_list import parse_block_list
 from ..attention_patch.joint_attention import JOINT_NORMALIZATIONS
 from ..binding_losses.types import TokenLayout
+from ..kernels.cpu_convolution import CPU_CONVOLUTION_CHOICES
 from ..settings import Bounds, convert_fields, setting
-from .cpu_convolution import CPU_CONVOLUTION_CHOICES
 
 
 @dataclass(frozen=True)
@@ -87,11 +87,11 @@ class GuidanceOptions:
         choices=GUIDANCE_ATTENTION,
     )
     cpu_convolution: str = setting(
-        "auto",
-        "on a CPU only: convolution kernel of the guidance pass. `auto` times oneDNN against PyTorch's native "
-        "kernel once per layer shape and uses the faster; `default` keeps PyTorch's choice, as ComfyUI's own "
-        "passes (use it for bit-reproducible CPU results: `auto` can choose differently after a restart); "
-        "`native` always uses PyTorch's native kernel",
+        "default",
+        "on a CPU only: convolution kernel of the guidance pass. `default` keeps PyTorch's choice, as ComfyUI's "
+        "own passes: the same seed gives the same image after a restart; `native` always uses PyTorch's native "
+        "kernel; `auto` times oneDNN against PyTorch's native kernel once per layer shape and uses the faster, "
+        "which can be quicker but may choose differently after a restart, changing CPU images at rounding level",
         choices=CPU_CONVOLUTION_CHOICES,
     )
     measure_after_step: bool = setting(

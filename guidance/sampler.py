@@ -1,35 +1,28 @@
 """The binding-guided sampler: a ``comfy.samplers.Sampler`` that wraps any built-in k-diffusion sampler.
 
-At the first model evaluation of each guided step it runs one conditional-only UNet forward with grad, records
-the cross-attention maps, computes the binding loss, and moves the sampler's own latent ``x`` in place. The
-sampler then continues from the moved latent with its multistep history and noise unchanged.
+At the first model evaluation of each guided step, the guidance mode's run (``faithful_mode.FaithfulRun`` or
+``fast_mode.FastRun``, chosen by ``GuidanceConfig.mode``) records the cross-attention maps, computes the binding loss,
+and moves the sampler's own latent ``x`` in place. The sampler then continues from the moved latent with its
+multistep history and noise unchanged.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import math
-from typing import Any
+from typing import Any, ClassVar
 
 import comfy.samplers
-import comfy.utils
 import torch
 
-from ..attention_patch import RecordingComplete, capture_for_model
-from ..attention_patch.differentiable_attention import with_differentiable_attention
-from ..binding_losses.refinement import ProgressCallback, refine
-from ..binding_losses.types import TokenLayout
-from ..tokens import find_words
-from .cpu_convolution import guidance_convolutions
+from ..kernels.cpu_convolution import KernelTimings
 from .errors import BindingGuidanceError
-from .fast_mode import ConditionalGradientCapture
-from .gradients import GradientOverflowError, LossScale, loss_and_gradient
+from .faithful_mode import FaithfulRun
+from .fast_mode import FastRun
 from .inference_tensors import release_inference_tensors
 from .inputs import GuidanceConfig, PromptBindings
-from .model_loading import require_classic, single_device
-from .prompt_match import matching_entry
-from .report import GuidanceReport, StepRecord
+from .model_loading import require_classic
+from .report import GuidanceReport
+from .run import GuidanceRun
 from .step_plan import UNSUPPORTED_SAMPLERS, first_evaluation_calls
 
 log = logging.getLogger("binding_guidance")
@@ -98,293 +91,14 @@ class _GuidedDenoiser:
         return denoised
 
 
-def resolve_layout(bindings: PromptBindings, config: GuidanceConfig) -> TokenLayout:
-    """The bindings' layout, with the config's explicit subject words resolved to token positions."""
-    if not config.subject_words:
-        return bindings.layout
-    if bindings.clean is None or bindings.table is None:
-        raise BindingGuidanceError(
-            "config.words needs bindings from a Parse Bindings node (they carry the token table)."
-        )
-    try:
-        subjects = find_words(bindings.clean, bindings.table, config.subject_words)
-    except ValueError as error:
-        raise BindingGuidanceError(f"config words: {error} Use words that appear in the prompt.") from error
-    return dataclasses.replace(bindings.layout, subjects=subjects)
-
-
-@dataclasses.dataclass
-class _PendingCapture:
-    """A fast-mode gradient capture installed for one model call."""
-
-    capture: ConditionalGradientCapture
-    sigma: torch.Tensor
-    denoise_mask: Any
-
-
-class GuidanceRun:
-    """Guidance state for one sampling run: layers, recorder, objective and the report."""
-
-    def __init__(self, guider: Any, bindings: PromptBindings, config: GuidanceConfig, sigmas: torch.Tensor) -> None:
-        self.guider = guider
-        self.sigmas = sigmas.detach().float().cpu()
-        num_steps = len(sigmas) - 1
-        self.bindings = bindings
-        self.layout = resolve_layout(bindings, config)
-        self.config = config
-        self.objective = config.objective
-        self.active = self.objective.active(self.layout)
-        problem = self.objective.requirement_error(self.layout) if self.active else None
-        if problem is not None:
-            raise BindingGuidanceError(f"config: {problem}")
-        self.text_attention = bindings.text_self_attention_for(self.objective)  # T-SAM only
-        if self.active and self.text_attention is None and "tsam" in str(self.objective.name).split("+"):
-            raise BindingGuidanceError(
-                "config: T-SAM reads the CLIP text self-attention of the prompt, and these bindings have none (Flux.1 "
-                "and SD3 prompts' positions are T5 positions). Choose SynGen, Divide & Bind or Attend-and-Excite."
-            )
-        self.num_steps = num_steps
-        base_model = guider.inner_model
-        # The model family picks the capture (UNet cross-attention or DiT joint attention); unsupported
-        # families are refused here, by name, before the first model evaluation.
-        self.capture = capture_for_model(base_model, config.main_factor, self.objective.levels,
-                                         dit_blocks=config.dit_blocks, joint_normalization=config.joint_normalization)
-        self.main_factor = self.capture.main_factor
-        self.recorder = self.capture.recorder(stop_early=config.stop_forward_early)
-        self.model_sampling = base_model.model_sampling
-        self.loss_scale = LossScale.for_dtype(getattr(base_model, "manual_cast_dtype", None) or base_model.get_dtype())
-        self.report = GuidanceReport(main_factor=self.main_factor, num_steps=num_steps)
-        positive = guider.conds.get("positive") if hasattr(guider, "conds") else None
-        if not positive:
-            raise BindingGuidanceError("Binding guidance needs a positive conditioning; the guider has none.")
-        # The guidance forward uses the positive entry that comes from the parsed prompt; none: refused here.
-        self.positive = [matching_entry(bindings.fingerprint, positive, bindings.prompt, bindings.positive_prompts)]
-        self._warned_non_finite = False
-        self.stopped_early = False
-        self._capture: _PendingCapture | None = None
-        self._pending_update: tuple[int, torch.Tensor] | None = None
-
-    def wants_step(self, step: int) -> bool:
-        """Whether step ``step`` gets any guidance (a gradient step or refinement)."""
-        return (
-            self.objective.guides(step, self.num_steps) or self.objective.refinement(step, self.num_steps) is not None
-        )
-
-    def intercepts(self, step: int) -> bool:
-        """Whether the first model call of ``step`` passes through this run (guidance, or fast mode's late update)."""
-        if self.wants_step(step):
-            return True
-        return self.config.mode == "fast" and step > 0 and self.objective.guides(step - 1, self.num_steps)
-
-    def before_call(
-        self, x: torch.Tensor, sigma: torch.Tensor, step: int, denoise_mask: Any, model_options: dict
-    ) -> dict:
-        """Guidance at the first model call of ``step``; returns the ``model_options`` that call must use."""
-        if self.config.mode != "fast":
-            self.guide(x, sigma, step, denoise_mask, model_options)
-            return model_options
-        self._apply_pending_update(x, step)
-        if self.stopped_early or not self.wants_step(step):
-            return model_options
-        if self.objective.refinement(step, self.num_steps) is not None:
-            # Refinement iterates guidance passes at one step by design; fast mode runs those steps as faithful.
-            self.guide(x, sigma, step, denoise_mask, model_options)
-            return model_options
-        self._check_planned_sigma(sigma, step)
-        capture = ConditionalGradientCapture(
-            self.capture,
-            lambda levels: self._objective_loss(levels, step),
-            self.main_factor,
-            previous=model_options.get("model_function_wrapper"),
-            differentiable_attention=self.config.guidance_attention == "sdpa",
-            loss_scale=self.loss_scale,
-            cpu_convolution=self.config.cpu_convolution,
-        )
-        self._capture = _PendingCapture(capture, sigma.detach().clone(), denoise_mask)
-        return capture.model_options(single_device(model_options))
-
-    def after_call(self, step: int) -> None:
-        """Fast mode: turn the gradient captured during this step's model call into next step's update."""
-        pending, self._capture = self._capture, None
-        if pending is None:
-            return
-        captured = pending.capture.captured
-        if captured is None:
-            raise BindingGuidanceError(
-                "Fast binding guidance: the step's model call had no conditional batch to read attention from."
-            )
-        step_size = float(self.objective.step_size(step, self.num_steps))
-        stepped = False
-        if (
-            captured.grad is not None
-            and self._finite(captured.loss, captured.grad, step)
-            and captured.loss != 0.0
-            and not self._reached_target(captured.loss)
-            and step + 1 < self.num_steps
-        ):
-            with torch.inference_mode(False):
-                grad = captured.grad
-                scale = self._update_scale(step_size, pending.sigma.to(grad.device), grad, pending.denoise_mask)
-                self._pending_update = (step, -(scale * grad))
-            stepped = True
-        record = StepRecord(
-            step=step,
-            sigma=float(pending.sigma.flatten()[0]),
-            loss_before=captured.loss,
-            loss_after_refinement=captured.loss,
-            refinement_iterations=0,
-            stepped=stepped,
-            step_size=step_size,
-        )
-        self.report.add(record, captured.maps)
-
-    def _apply_pending_update(self, x: torch.Tensor, step: int) -> None:
-        pending, self._pending_update = self._pending_update, None
-        if pending is None or pending[0] != step - 1:
-            return
-        with torch.inference_mode():
-            x.add_(pending[1].to(device=x.device, dtype=x.dtype))
-
-    def _reached_target(self, loss: float) -> bool:
-        """Early exit: once the loss is below ``config.stop_below``, the remaining steps are not guided."""
-        threshold = self.config.stop_below
-        if threshold is not None and loss < threshold:
-            self.stopped_early = True
-        return self.stopped_early
-
-    def _loss(self, x: torch.Tensor, sigma: torch.Tensor, model_options: dict, step: int) -> Any:
-        self.recorder.reset()
-        options = single_device(model_options)
-        if self.config.guidance_attention == "sdpa":
-            # Before the recorder's patches: a joint-attention recorder wraps this override.
-            options = with_differentiable_attention(options)
-        options = self.recorder.model_options_with_patches(options)
-        try:
-            with guidance_convolutions(self.config.cpu_convolution, x.device):
-                comfy.samplers.calc_cond_batch(self.guider.inner_model, [self.positive], x, sigma, options)
-        except RecordingComplete:
-            pass
-        return self._objective_loss(self.recorder.levels(), step)
-
-    def _objective_loss(self, levels: dict, step: int) -> Any:
-        if self.main_factor not in levels:
-            raise BindingGuidanceError("No cross-attention maps were recorded at the main level during guidance.")
-        return self.objective.loss(levels, self.layout, step, self.num_steps, text_self_attention=self.text_attention)
-
-    def _update_scale(
-        self, step_size: float, sigma: torch.Tensor, like: torch.Tensor, denoise_mask: Any
-    ) -> torch.Tensor:
-        """Factor of ∇ₓL in the latent update: z' = z − α∇_z L on the UNet input z = c·x is x' = x − (α/c²)∇ₓL
-        (spec §1.6.3). Only the masked region of an inpainting latent moves."""
-        c = self.model_sampling.calculate_input(sigma.to(like.dtype), torch.ones_like(like))
-        scale = step_size / (c * c)
-        if denoise_mask is not None:
-            scale = scale * denoise_mask.detach().clone().float()
-        return scale
-
-    def _check_planned_sigma(self, sigma: torch.Tensor, step: int) -> None:
-        expected = float(self.sigmas[step])
-        seen = float(sigma.flatten()[0])
-        if abs(seen - expected) > 1e-4 * max(1.0, expected):
-            raise BindingGuidanceError(
-                f"Internal check failed: the model call planned for step {step} ran at sigma {seen:.5f}, not the "
-                f"step's sigma {expected:.5f}. Please report this with your sampler and scheduler."
-            )
-
-    def _loss_and_grad(
-        self, latent: torch.Tensor, sigma: torch.Tensor, model_options: dict, step: int
-    ) -> tuple[Any, torch.Tensor, float]:
-        while True:
-            leaf = latent.detach().requires_grad_(True)
-            result = self._loss(leaf, sigma, model_options, step)
-            try:
-                loss, grad = loss_and_gradient(result, leaf, self.loss_scale)
-            except GradientOverflowError:
-                continue  # the scale was lowered (it ends at 1, which cannot overflow): one more guidance pass
-            return result, grad, loss
-
-    def _finite(self, loss: float, grad: torch.Tensor, step: int) -> bool:
-        if math.isfinite(loss) and bool(torch.isfinite(grad).all()):
-            return True
-        self._warn_non_finite(step)
-        return False
-
-    def _warn_non_finite(self, step: int) -> None:
-        if not self._warned_non_finite:
-            log.warning(
-                "Binding guidance: non-finite loss or gradient at step %d; skipping that update "
-                "(further occurrences in this run are skipped silently).",
-                step,
-            )
-            self._warned_non_finite = True
-
-    @staticmethod
-    def _refinement_progress() -> ProgressCallback:
-        """Refinement can take many UNet passes at one step: show them on the node's progress bar."""
-        bar: comfy.utils.ProgressBar | None = None
-
-        def advance(done: int, total: int) -> None:
-            nonlocal bar
-            if bar is None:
-                bar = comfy.utils.ProgressBar(total)
-            bar.update_absolute(done, total)
-
-        return advance
-
-    def guide(self, x: torch.Tensor, sigma: torch.Tensor, step: int, denoise_mask: Any, model_options: dict) -> None:
-        """Apply this step's guidance to the sampler's latent ``x`` in place."""
-        if not self.wants_step(step) or self.stopped_early:
-            return
-        self._check_planned_sigma(sigma, step)
-        step_size = float(self.objective.step_size(step, self.num_steps))
-        with torch.inference_mode(False), torch.enable_grad():
-            sigma_work = sigma.detach().clone()
-            start = x.detach().clone().float()
-            scale = self._update_scale(step_size, sigma_work, start, denoise_mask)
-            refined = refine(
-                lambda z: self._loss_and_grad(z, sigma_work, model_options, step)[:2],
-                start,
-                self.objective,
-                step,
-                self.num_steps,
-                scale,
-                on_iteration=self._refinement_progress(),
-            )
-            if refined.non_finite:
-                self._warn_non_finite(step)
-            latent, grad, loss = refined.z, refined.grad, refined.loss
-            stepped, loss_after_step = False, None
-            if (
-                refined.usable
-                and self.objective.guides(step, self.num_steps)
-                and loss != 0.0
-                and not self._reached_target(loss)
-            ):
-                latent = latent - scale * grad
-                stepped = True
-                if self.config.measure_after_step:
-                    loss_after_step = self._loss_and_grad(latent, sigma_work, model_options, step)[2]
-            maps = self.recorder.levels().get(self.main_factor)
-        with torch.inference_mode():
-            x.copy_(latent.to(x.dtype))
-        record = StepRecord(
-            step=step,
-            sigma=float(sigma.flatten()[0]),
-            loss_before=refined.initial_loss,
-            loss_after_refinement=loss,
-            refinement_iterations=refined.iterations,
-            stepped=stepped,
-            step_size=step_size,
-            loss_after_step=loss_after_step,
-        )
-        self.report.add(record, maps.mean.detach() if maps is not None else None)
-
-
 class BindingGuidedSampler(comfy.samplers.Sampler):
     """Wraps a built-in k-diffusion SAMPLER and applies binding guidance during sampling."""
 
-    run_class: type[GuidanceRun] = GuidanceRun
-    """The per-run guidance state (benchmarks substitute a subclass that also probes losses)."""
+    run_classes: ClassVar[dict[str, type[GuidanceRun]]] = {"faithful": FaithfulRun, "fast": FastRun}
+    """The run class of each ``GuidanceConfig.mode`` (benchmarks and tests substitute subclasses that probe)."""
+    kernel_timings: ClassVar[KernelTimings] = KernelTimings()
+    """The CPU convolution kernels that ``cpu_convolution = auto`` timed, shared by every guided run of this process
+    (once per shape, like ``cudnn.benchmark``); a subclass or instance may hold a fresh one."""
 
     def __init__(self, inner: Any, bindings: PromptBindings, config: GuidanceConfig) -> None:
         check_sampler_supported(inner)
@@ -392,6 +106,15 @@ class BindingGuidedSampler(comfy.samplers.Sampler):
         self.bindings = bindings
         self.config = config
         self.last_report: GuidanceReport | None = None
+
+    def run_class(self) -> type[GuidanceRun]:
+        """The run class of this sampler's guidance mode."""
+        run_class = self.run_classes.get(self.config.mode)
+        if run_class is None:
+            raise BindingGuidanceError(
+                f"config: guidance mode {self.config.mode!r} is not one of {', '.join(self.run_classes)}."
+            )
+        return run_class
 
     def max_denoise(self, model_wrap: Any, sigmas: torch.Tensor) -> bool:
         return self.inner.max_denoise(model_wrap, sigmas)
@@ -409,7 +132,7 @@ class BindingGuidedSampler(comfy.samplers.Sampler):
     ) -> torch.Tensor:
         inner = self.inner
         num_steps = len(sigmas) - 1
-        run = self.run_class(model_wrap, self.bindings, self.config, sigmas)
+        run = self.run_class()(model_wrap, self.bindings, self.config, sigmas, self.kernel_timings)
         self.last_report = run.report
         if not run.active:
             log.info("Binding guidance: the prompt has no bindings; sampling without guidance.")
@@ -419,8 +142,10 @@ class BindingGuidedSampler(comfy.samplers.Sampler):
             if replaced:
                 log.debug("Binding guidance: made %d inference-mode weights usable for backward.", replaced)
 
-        # Mirrors KSAMPLER.sample, with the guidance proxy placed outside the inpaint blend so that the
-        # in-place update reaches the sampler's own state tensor.
+        # From here on this mirrors comfy.samplers.KSAMPLER.sample (ComfyUI 0.3.75) statement for statement. The only
+        # additions are the step plan and the guidance proxy around KSamplerX0Inpaint, outside the inpaint blend, so
+        # that the in-place update reaches the sampler's own state tensor. tests/test_guided_sampler.py
+        # (test_empty_bindings_match_stock_ksampler_exactly) guards it: unguided, it must equal KSampler bit for bit.
         extra_args["denoise_mask"] = denoise_mask
         denoiser = comfy.samplers.KSamplerX0Inpaint(model_wrap, sigmas)
         denoiser.latent_image = latent_image

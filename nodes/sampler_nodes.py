@@ -14,7 +14,7 @@ from ..attention_patch import require_supported
 from ..guidance.errors import BindingGuidanceError
 from ..guidance.inputs import GuidanceConfig, PromptBindings
 from ..guidance.model_loading import classic_model
-from ..guidance.previews import attention_panels, last_maps, loss_curve, word_maps
+from ..guidance.previews import attention_panels, guidance_note, last_maps, loss_curve, word_maps
 from ..guidance.prompt_match import matching_entry
 from ..guidance.sampler import BindingGuidedSampler
 from .graph_prompts import custom_sampler_positive_texts, ksampler_positive_texts
@@ -132,7 +132,7 @@ class BindingGuidedKSampler:
         out["samples"] = samples
         report = sampler.last_report
         maps = last_maps(report)
-        panels = attention_panels(maps, bindings.layout, word_labels(bindings))
+        panels = attention_panels(maps, bindings.layout, word_labels(bindings), note=guidance_note(report))
         curve = loss_curve(report)
         summary = report.to_dict() if report is not None else {}
         summary["maps"] = word_maps(maps, bindings.layout)

@@ -26,7 +26,7 @@ SAMPLER_KEYS = {
     "main_factor": "2",
     "stop_below": "1000",
     "guidance_attention": "comfy",
-    "cpu_convolution": "default",
+    "cpu_convolution": "native",
     "measure_after_step": "true",
 }
 
@@ -125,7 +125,8 @@ def test_chained_configs_inherit_sampler_settings_and_an_options_node_replaces_t
     options = config_node.BindingGuidanceOptions().configure(
         main_factor="8", stop_below=0.0, guidance_attention="sdpa", cpu_convolution="auto", measure_after_step=True
     )[0]
-    assert options == inputs.GuidanceOptions(main_factor=8, measure_after_step=True) and options.stop_below is None
+    expected = inputs.GuidanceOptions(main_factor=8, cpu_convolution="auto", measure_after_step=True)
+    assert options == expected and options.stop_below is None
     third = config_node.build_config("tsam", 5.0, 0.6, previous=second, options=options)
     assert (third.main_factor, third.cpu_convolution, third.measure_after_step, third.mode) == (8, "auto", True,
                                                                                               "faithful")

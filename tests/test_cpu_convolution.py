@@ -1,6 +1,6 @@
 """The guidance pass's CPU convolution routing: same convolution and gradient on either kernel, only where it
-builds a graph (and, when asked, in fast mode's split batch), timed once per shape, and no change to guided
-losses."""
+builds a graph (and, when asked, in fast mode's split batch), timed once per shape into an explicit timings object,
+no process-wide flag touched, and no change to guided losses."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 import torch
-from binding_guidance.guidance import cpu_convolution
-from binding_guidance.guidance.cpu_convolution import GuidanceConvolutions, guidance_convolutions
+from binding_guidance.kernels import cpu_convolution
+from binding_guidance.kernels.cpu_convolution import GuidanceConvolutions, KernelTimings, guidance_convolutions
 from guided_runs import prompt_case, sample_guided, syngen_config
 
 pytestmark = pytest.mark.skipif(not cpu_convolution.onednn_available(), reason="this PyTorch has no oneDNN")
@@ -75,16 +75,17 @@ def test_forwards_without_graph_are_routed_only_when_asked_and_timed_forward_onl
     side = 9 if context == "no_grad" else 10  # a shape of its own: each case times its shape anew
     x = torch.randn(1, 40, side, side, generator=generator)
     expected = torch.nn.functional.conv2d(x, weight, bias, padding=1)
-    forward_keys, graph_keys = len(cpu_convolution._FORWARD_CHOICES), len(cpu_convolution._CHOICES)
+    timings = KernelTimings()
+    forward_keys, graph_keys = len(timings.forward_only), len(timings.with_backward)
     outputs = []
     for forwards_without_graph in (False, True, True):
-        with GuidanceConvolutions(forwards_without_graph=forwards_without_graph) as mode:
+        with GuidanceConvolutions(forwards_without_graph=forwards_without_graph, timings=timings) as mode:
             with torch.no_grad() if context == "no_grad" else torch.inference_mode():
                 outputs.append(torch.nn.functional.conv2d(x, weight, bias, padding=1))
         assert mode.routed == int(forwards_without_graph)
         if forwards_without_graph:
-            assert len(cpu_convolution._FORWARD_CHOICES) == forward_keys + 1  # timed once, on first use
-    assert len(cpu_convolution._CHOICES) == graph_keys  # no backward was timed
+            assert len(timings.forward_only) == forward_keys + 1  # timed once, on first use
+    assert len(timings.with_backward) == graph_keys  # no backward was timed
     for output in outputs:
         assert torch.allclose(output, expected, rtol=1e-5, atol=1e-5 * float(expected.abs().max()))
 
@@ -92,13 +93,13 @@ def test_forwards_without_graph_are_routed_only_when_asked_and_timed_forward_onl
 def test_forward_without_graph_reuses_the_forward_choice_of_a_shape_timed_with_its_backward() -> None:
     weight = torch.randn(28, 28, 3, 3)
     x = torch.randn(1, 28, 5, 5)
-    with GuidanceConvolutions(forwards_without_graph=True):
+    with GuidanceConvolutions(forwards_without_graph=True) as mode:
         torch.nn.functional.conv2d(x.clone().requires_grad_(True), weight, padding=1)
-        forward_keys, seconds = len(cpu_convolution._FORWARD_CHOICES), cpu_convolution.tuning_seconds()
+        forward_keys, seconds = len(mode.timings.forward_only), mode.timings.seconds
         with torch.no_grad():
             torch.nn.functional.conv2d(x, weight, padding=1)
-    assert len(cpu_convolution._FORWARD_CHOICES) == forward_keys
-    assert cpu_convolution.tuning_seconds() == seconds
+    assert len(mode.timings.forward_only) == forward_keys
+    assert mode.timings.seconds == seconds
 
 
 def test_routed_convolution_keeps_only_the_weight_for_its_backward() -> None:
@@ -126,15 +127,46 @@ def test_routed_convolution_keeps_only_the_weight_for_its_backward() -> None:
 def test_each_shape_is_timed_once() -> None:
     weight = torch.randn(24, 24, 3, 3)
     leaf = torch.randn(1, 24, 7, 7, requires_grad=True)
-    key_count = len(cpu_convolution._CHOICES)
-    with GuidanceConvolutions() as mode:
+    timings = KernelTimings()
+    key_count = len(timings.with_backward)
+    with GuidanceConvolutions(timings=timings) as mode:
         torch.nn.functional.conv2d(leaf, weight, padding=1)
-        after_first = cpu_convolution.tuning_seconds()
+        after_first = timings.seconds
         torch.nn.functional.conv2d(leaf, weight, padding=1)
     assert mode.routed == 2
-    assert len(cpu_convolution._CHOICES) == key_count + 1
+    assert len(timings.with_backward) == key_count + 1
     assert after_first > 0
-    assert cpu_convolution.tuning_seconds() == after_first
+    assert timings.seconds == after_first
+    with GuidanceConvolutions(timings=timings) as again:  # the same timings object: nothing is timed twice
+        torch.nn.functional.conv2d(leaf, weight, padding=1)
+    assert again.routed == 1 and timings.seconds == after_first
+
+
+def test_routing_never_flips_the_process_wide_onednn_flag() -> None:
+    """Every kernel call sees PyTorch's oneDNN flag as the user left it: the native kernel is called directly."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class FlagWatch(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.calls: list[tuple[str, bool]] = []
+
+        def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+            self.calls.append((str(func), torch.backends.mkldnn.enabled))
+            return func(*args, **(kwargs or {}))
+
+    weight = torch.randn(20, 20, 3, 3)
+    leaf = torch.randn(1, 20, 6, 6, requires_grad=True)
+    with FlagWatch() as watch, GuidanceConvolutions(force=False, forwards_without_graph=True):
+        out = torch.nn.functional.conv2d(leaf, weight, padding=1)
+        torch.autograd.grad(out.sum(), leaf)
+        with torch.no_grad():
+            torch.nn.functional.conv2d(leaf, weight, padding=1)
+    names = [name for name, _ in watch.calls]
+    assert sum("_slow_conv2d_forward" in name for name in names) == 2  # the graph forward and the plain one
+    assert any("_slow_conv2d_backward" in name for name in names)
+    assert all(enabled for _, enabled in watch.calls)
+    assert torch.backends.mkldnn.enabled
 
 
 def test_routing_is_off_for_default_choice_and_other_devices_and_rejects_unknown_choices() -> None:
@@ -151,22 +183,30 @@ def test_routing_is_off_for_default_choice_and_other_devices_and_rejects_unknown
             pass
 
 
+def _sampler_with_fresh_timings(harness: Any) -> type:
+    """A guided sampler class whose runs keep "auto"'s kernel timings in a new, empty object of their own."""
+    sampler_module = harness.module("guidance.sampler")
+    timings_class = harness.module("kernels.cpu_convolution").KernelTimings
+
+    class FreshTimings(sampler_module.BindingGuidedSampler):
+        kernel_timings = timings_class()
+
+    return FreshTimings
+
+
 @pytest.mark.parametrize("mode", ["faithful", "fast"])
 def test_kernel_choice_does_not_change_guided_losses_or_latents(harness: Any, sd15: tuple, mode: str) -> None:
     """Real guided runs: the native kernel gives PyTorch's default losses and latent within float rounding, and
     "auto" times the tiny UNet's convolutions."""
     model, clip, _ = sd15
     case = prompt_case(harness, model, clip)
-    routing = harness.module("guidance.cpu_convolution")  # the module the sampler, as ComfyUI loaded it, uses
-    choices, forward_choices = routing._CHOICES, routing._FORWARD_CHOICES
+    sampler_class = _sampler_with_fresh_timings(harness)  # "auto" must time the shapes anew, into its own object
+    choices, forward_choices = sampler_class.kernel_timings.with_backward, sampler_class.kernel_timings.forward_only
     runs = {}
     for choice in ("default", "native", "auto"):
-        if choice == "auto":
-            choices.clear()  # earlier guided tests timed these shapes already: "auto" must time them anew
-            forward_choices.clear()
         key_count = len(choices) + len(forward_choices)
         config = syngen_config(harness, {"scale_factor": 200.0}, mode=mode, cpu_convolution=choice)
-        runs[choice] = sample_guided(harness, case, config, steps=4)
+        runs[choice] = sample_guided(harness, case, config, steps=4, sampler_class=sampler_class)
         if choice != "auto":
             assert len(choices) + len(forward_choices) == key_count  # only "auto" times kernels
     assert any(shapes[0][0] == 1 for shapes in choices)  # "auto" timed the conditional pass's convolutions
@@ -190,22 +230,22 @@ def test_fast_mode_without_a_cfg_batch_to_split_leaves_forwards_without_graph_al
     only the graph part is routed."""
     model, clip, _ = sd15
     case = prompt_case(harness, model, clip)
-    routing = harness.module("guidance.cpu_convolution")
-    routing._CHOICES.clear()
-    routing._FORWARD_CHOICES.clear()
+    sampler_class = _sampler_with_fresh_timings(harness)
     config = syngen_config(harness, {"scale_factor": 200.0}, mode="fast", cpu_convolution="auto")
-    _, report = sample_guided(harness, case, config, steps=3, cfg=1.0)
+    _, report = sample_guided(harness, case, config, steps=3, cfg=1.0, sampler_class=sampler_class)
     assert any(s.stepped for s in report.steps)
-    assert len(routing._CHOICES) > 0
-    assert len(routing._FORWARD_CHOICES) == 0
+    assert len(sampler_class.kernel_timings.with_backward) > 0
+    assert len(sampler_class.kernel_timings.forward_only) == 0
 
 
 def test_config_node_reads_cpu_convolution_from_advanced(harness: Any) -> None:
     config_node = harness.module("nodes.config_node")
-    assert config_node.build_config("syngen", 20.0, 0.5).cpu_convolution == "auto"
-    chosen = config_node.build_config("syngen", 20.0, 0.5, "cpu_convolution = default")
-    assert chosen.cpu_convolution == "default"
-    assert config_node.build_config("syngen", 20.0, 0.5, previous=chosen).cpu_convolution == "default"
-    with pytest.raises(ValueError,
-                       match=r"cpu_convolution must be 'auto', 'default' or 'native', got 'fast' \(default 'auto'\)"):
+    # The default is PyTorch's own kernel: the same seed gives the same CPU image after a ComfyUI restart.
+    assert config_node.build_config("syngen", 20.0, 0.5).cpu_convolution == "default"
+    assert harness.module("guidance.inputs").GuidanceConfig(objective=None).cpu_convolution == "default"
+    chosen = config_node.build_config("syngen", 20.0, 0.5, "cpu_convolution = native")
+    assert chosen.cpu_convolution == "native"
+    assert config_node.build_config("syngen", 20.0, 0.5, previous=chosen).cpu_convolution == "native"
+    refusal = r"cpu_convolution must be 'auto', 'default' or 'native', got 'fast' \(default 'default'\)"
+    with pytest.raises(ValueError, match=refusal):
         config_node.build_config("syngen", 20.0, 0.5, "cpu_convolution = fast")

@@ -23,12 +23,9 @@ def setup(harness: Any, sd15: tuple) -> dict:
 def _config(harness: Any, mode: str, method: str = "syngen", **params: Any) -> Any:
     inputs = harness.module("guidance.inputs")
     objectives = harness.module("binding_losses.objectives")
-    # These tests compare fast mode with stock sampling to the model's rounding. On CPU, "auto" may run the split
-    # halves on the native kernel for some shapes, as timing decides per process, which changes the rounding
-    # (test_cpu_convolution checks that the kernels agree): pin PyTorch's own kernel here.
-    return inputs.GuidanceConfig(
-        objective=objectives.make_objective(method, **params), mode=mode, cpu_convolution="default"
-    )
+    # These tests compare fast mode with stock sampling to the model's rounding: they rely on the default CPU
+    # convolution kernel being PyTorch's own, as in the stock pass (test_cpu_convolution checks the others agree).
+    return inputs.GuidanceConfig(objective=objectives.make_objective(method, **params), mode=mode)
 
 
 def _sample(harness: Any, setup: dict, config: Any, **options: Any) -> tuple[torch.Tensor, Any]:
@@ -129,3 +126,21 @@ def test_sdxl_conditioning_is_split_with_the_batch(harness: Any, sdxl: tuple) ->
     assert_same_prediction(unguided, _stock(setup), model)
     assert report.steps[0].loss_before == pytest.approx(faithful.steps[0].loss_before, rel=1e-5)
     assert (guided - unguided).abs().max() > 1e-3
+
+
+def test_each_mode_has_its_run_class_and_an_unknown_mode_is_named(harness: Any, setup: dict) -> None:
+    import comfy.samplers
+
+    sampler_module = harness.module("guidance.sampler")
+    classes = {
+        mode: sampler_module.BindingGuidedSampler(comfy.samplers.sampler_object("euler"), setup["bindings"],
+                                                  _config(harness, mode)).run_class()
+        for mode in ("faithful", "fast")
+    }
+    assert classes == {"faithful": harness.module("guidance.faithful_mode").FaithfulRun,
+                       "fast": harness.module("guidance.fast_mode").FastRun}
+    config = _config(harness, "fast")
+    object.__setattr__(config, "mode", "quick")  # GuidanceConfig refuses it; a substituted run_classes may lack one
+    odd = sampler_module.BindingGuidedSampler(comfy.samplers.sampler_object("euler"), setup["bindings"], config)
+    with pytest.raises(sampler_module.BindingGuidanceError, match="guidance mode 'quick' is not one of faithful, fast"):
+        odd.run_class()

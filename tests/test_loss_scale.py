@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import torch
@@ -50,22 +50,28 @@ def test_no_scaling_outside_fp16() -> None:
 
 
 class _ForcedScale:
-    """A GuidanceRun subclass factory whose loss scale starts where the scaled loss overflows fp32 (1e40 > 3.4e38),
-    so that the overflow handling runs on a CPU model (on the CPU, ComfyUI computes in fp32 and scales nothing)."""
+    """A sampler whose runs (of either guidance mode) start their loss scale where the scaled loss overflows fp32
+    (1e40 > 3.4e38), so that the overflow handling runs on a CPU model (on the CPU, ComfyUI computes in fp32 and
+    scales nothing)."""
 
     def __init__(self, harness: Any) -> None:
         sampler_module = harness.module("guidance.sampler")
         self.runs: list[Any] = []
         runs = self.runs
 
-        class ForcedRun(sampler_module.GuidanceRun):
-            def __init__(self, *args: Any) -> None:
-                super().__init__(*args)
-                self.loss_scale.value = 1e40
-                runs.append(self)
+        def forced(run_class: type) -> type:
+            class ForcedRun(run_class):
+                def __init__(self, *args: Any) -> None:
+                    super().__init__(*args)
+                    self.loss_scale.value = 1e40
+                    runs.append(self)
+
+            return ForcedRun
 
         class ForcedSampler(sampler_module.BindingGuidedSampler):
-            run_class = ForcedRun
+            run_classes: ClassVar[dict] = {
+                mode: forced(cls) for mode, cls in sampler_module.BindingGuidedSampler.run_classes.items()
+            }
 
         self.sampler_class = ForcedSampler
 

@@ -102,7 +102,7 @@ def test_attend_and_excite_refinement_respects_its_cap_and_shows_progress(harnes
 
 def test_config_words_override_subjects_and_name_a_missing_word(harness: Any, graph_parts: dict) -> None:
     config_node = harness.module("nodes.config_node")
-    sampler_module = harness.module("guidance.sampler")
+    sampler_module = harness.module("guidance.run")
     config = config_node.build_config("attend_and_excite", 20.0, 0.5, "refine = false", words="flamingo")
     layout = sampler_module.resolve_layout(graph_parts["bindings"], config)
     assert layout.subjects == ((7,),)
