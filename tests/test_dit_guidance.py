@@ -75,7 +75,5 @@ def test_update_on_const_model_sampling_is_the_model_input_step(harness: Any, di
     assert isinstance(sampling, comfy.model_sampling.CONST)
     sigma = torch.tensor([0.05, 0.5, 1.0])
     assert torch.equal(sampling.calculate_input(sigma, torch.ones(3)), torch.ones(3))
-    run_class = harness.module("guidance.sampler").GuidanceRun
-    holder = run_class.__new__(run_class)
-    holder.model_sampling = sampling
-    assert torch.equal(holder._update_scale(20.0, sigma, torch.ones(3), None), torch.full((3,), 20.0))
+    update_scale = harness.module("guidance.run").update_scale
+    assert torch.equal(update_scale(sampling, 20.0, sigma, torch.ones(3), None), torch.full((3,), 20.0))
