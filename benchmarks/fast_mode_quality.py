@@ -19,16 +19,13 @@ from __future__ import annotations
 import argparse
 import importlib
 import statistics
-import sys
 from pathlib import Path
 from typing import Any
 
 import torch
+from devkit.comfy_env import bootstrap_comfy, register_pack_package
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-
-from comfy_env import bootstrap_comfy, register_pack_package  # noqa: E402
 
 PROMPTS = (
     "a pink sunflower and a yellow flamingo",
@@ -51,7 +48,7 @@ def parse_args() -> argparse.Namespace:
 
 
 def tiny_checkpoint() -> Path:
-    from tiny_models import build_sd15_tiny_checkpoint
+    from devkit.tiny_models import build_sd15_tiny_checkpoint
 
     path = ROOT / ".cache" / "test-models" / "sd15_tiny_v1.safetensors"
     if not path.exists():

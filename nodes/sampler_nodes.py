@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import comfy.sample
 import comfy.samplers
 import comfy.utils
 import latent_preview
@@ -14,6 +13,7 @@ from ..guidance.errors import BindingGuidanceError
 from ..guidance.inputs import GuidanceConfig, PromptBindings
 from ..guidance.model_loading import classic_model
 from ..guidance.previews import attention_panels, last_maps, loss_curve, word_maps
+from ..guidance.sample import guided_sample
 from ..guidance.sampler import BindingGuidedSampler
 
 CATEGORY = "sampling/binding_guidance"
@@ -108,18 +108,14 @@ class BindingGuidedKSampler:
         require_unet(model)  # refuse DiT/MMDiT models by name before anything is loaded
         check_bindings_match(bindings, positive)
         model = classic_model(model)  # guidance needs weights that a backward pass can use (no dynamic VRAM)
-        sampler = BindingGuidedSampler(comfy.samplers.sampler_object(sampler_name), bindings, config)
-        latent = comfy.sample.fix_empty_latent_channels(model, latent_image["samples"])
-        noise = comfy.sample.prepare_noise(latent, seed, latent_image.get("batch_index"))
-        sigmas = comfy.samplers.KSampler(model, steps=steps, device=model.load_device, sampler=sampler_name,
-                                         scheduler=scheduler, denoise=denoise, model_options=model.model_options).sigmas
-        callback = latent_preview.prepare_callback(model, sigmas.shape[-1] - 1)
-        samples = comfy.sample.sample_custom(model, noise, cfg, sampler, sigmas, positive, negative, latent,
-                                             noise_mask=latent_image.get("noise_mask"), callback=callback,
-                                             disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
+        result = guided_sample(model, seed, steps, cfg, sampler_name, scheduler, positive, negative,
+                               latent_image["samples"], bindings, config, denoise=denoise,
+                               noise_mask=latent_image.get("noise_mask"), batch_index=latent_image.get("batch_index"),
+                               callback=latent_preview.prepare_callback(model, steps),
+                               disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED)
         out = latent_image.copy()
-        out["samples"] = samples
-        report = sampler.last_report
+        out["samples"] = result.samples
+        report = result.report
         maps = last_maps(report)
         panels = attention_panels(maps, bindings.layout, word_labels(bindings))
         curve = loss_curve(report)

@@ -18,10 +18,9 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))  # test helpers (ComfyUI bootstrap, tiny models, workflow tools), not the pack
+from devkit.comfy_env import bootstrap_comfy
 
-from comfy_env import bootstrap_comfy  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 WORKFLOW = ROOT / "workflows" / "syngen_sd15.json"
 
@@ -46,7 +45,7 @@ def checkpoint_path(args: argparse.Namespace) -> Path:
         if not path.is_file():
             sys.exit(f"--checkpoint: {path} does not exist.")
         return path
-    import tiny_models
+    from devkit import tiny_models
 
     path = ROOT / ".cache" / "test-models" / f"{args.arch}_tiny_v1.safetensors"
     if not path.exists():
@@ -62,7 +61,7 @@ def checkpoint_path(args: argparse.Namespace) -> Path:
 
 
 def build_graph(nodes_module: object, ckpt_name: str, args: argparse.Namespace, step_size: float) -> dict:
-    from workflow_tools import object_info_from_mappings, ui_to_api
+    from devkit.workflow_tools import object_info_from_mappings, ui_to_api
 
     graph = ui_to_api(json.loads(WORKFLOW.read_text()), object_info_from_mappings(nodes_module))
     for node in graph.values():
@@ -89,7 +88,7 @@ def build_graph(nodes_module: object, ckpt_name: str, args: argparse.Namespace, 
 
 
 def run(prompt: dict) -> dict:
-    from comfy_env import execute_prompt
+    from devkit.comfy_env import execute_prompt
 
     try:
         return execute_prompt(prompt, "demo")

@@ -26,7 +26,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from comfy_env import find_comfy_root
+from devkit.comfy_env import find_comfy_root
 
 PACK_ROOT = Path(__file__).resolve().parent.parent
 PACK_FOLDER_NAME = "binding-guidance"  # what ComfyUI-Manager names the clone (the normalised [project] name)

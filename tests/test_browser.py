@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from comfy_server import PACK_FOLDER_NAME, ComfyServer
-from workflow_tools import PACK_ROOT, api_twin_path, load_json, patch_for_test, ui_workflow_paths
+from devkit.workflow_tools import PACK_ROOT, api_twin_path, load_json, patch_for_test, ui_workflow_paths
 
 pytestmark = pytest.mark.slow
 

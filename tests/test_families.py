@@ -83,20 +83,10 @@ def family(request: pytest.FixtureRequest, harness: Any) -> dict:
 
 def _guided(harness: Any, family: dict, latent: torch.Tensor, bindings: Any = None, positive: Any = None,
             cfg: float = 5.0, steps: int = STEPS) -> tuple[torch.Tensor, Any]:
-    import comfy.sample
-    import comfy.samplers
-
-    guided_sampler = harness.module("guidance.sampler")
-    model = family["model"]
-    with torch.inference_mode():
-        sigmas = comfy.samplers.KSampler(model, steps, model.load_device, SAMPLER, SCHEDULER, 1.0,
-                                         model_options=model.model_options).sigmas
-        sampler = guided_sampler.BindingGuidedSampler(comfy.samplers.sampler_object(SAMPLER),
-                                                      bindings or family["bindings"], family["config"])
-        noise = comfy.sample.prepare_noise(latent, 7)
-        out = comfy.sample.sample_custom(model, noise, cfg, sampler, sigmas, positive or family["positive"],
-                                         family["negative"], latent, disable_pbar=True, seed=7)
-    return out, sampler.last_report
+    entry = harness.module("guidance.sample")
+    result = entry.guided_sample(family["model"], 7, steps, cfg, SAMPLER, SCHEDULER, positive or family["positive"],
+                                 family["negative"], latent, bindings or family["bindings"], family["config"])
+    return result.samples, result.report
 
 
 def _stock(family: dict, latent: torch.Tensor, positive: Any = None, cfg: float = 5.0,
@@ -339,7 +329,7 @@ DIT_CONFIGS = {
 def _tiny_dit(family_name: str) -> Any:
     import comfy.model_patcher
     import comfy.supported_models
-    from tiny_models import init_weights
+    from devkit.tiny_models import init_weights
 
     model_config = getattr(comfy.supported_models, family_name)(dict(DIT_CONFIGS[family_name]))
     model_config.set_inference_dtype(torch.float32, None)
@@ -351,11 +341,8 @@ def _tiny_dit(family_name: str) -> Any:
 
 @pytest.mark.parametrize("family_name", sorted(DIT_CONFIGS))
 def test_dit_models_are_refused_naming_the_family(harness: Any, family_name: str) -> None:
-    import comfy.sample
-    import comfy.samplers
-
     patch = harness.module("attention_patch")
-    guided_sampler = harness.module("guidance.sampler")
+    entry = harness.module("guidance.sample")
     inputs = harness.module("guidance.inputs")
     objectives = harness.module("binding_losses.objectives")
     types = harness.module("binding_losses.types")
@@ -372,12 +359,8 @@ def test_dit_models_are_refused_naming_the_family(harness: Any, family_name: str
     handle = model.model.diffusion_model.register_forward_pre_hook(lambda *_: calls.append(1))
     latent = torch.zeros(1, 16, 8, 8)
     try:
-        with torch.inference_mode(), pytest.raises(patch.UnsupportedModelError, match=family_name) as caught:
-            sampler = guided_sampler.BindingGuidedSampler(comfy.samplers.sampler_object(SAMPLER), bindings, config)
-            sigmas = comfy.samplers.KSampler(model, STEPS, model.load_device, SAMPLER, "simple", 1.0,
-                                             model_options=model.model_options).sigmas
-            comfy.sample.sample_custom(model, comfy.sample.prepare_noise(latent, 0), 3.0, sampler, sigmas, cond, cond,
-                                       latent, disable_pbar=True, seed=0)
+        with pytest.raises(patch.UnsupportedModelError, match=family_name) as caught:
+            entry.guided_sample(model, 0, STEPS, 3.0, SAMPLER, "simple", cond, cond, latent, bindings, config)
     finally:
         handle.remove()
     assert "DiT/MMDiT" in str(caught.value) and "UNet" in str(caught.value)

@@ -31,20 +31,11 @@ def graph_parts(harness: Any, sd15: tuple) -> dict:
 
 
 def _run(harness: Any, parts: dict, config: Any) -> Any:
-    import comfy.sample
-    import comfy.samplers
-
-    sampler_module = harness.module("guidance.sampler")
-    model = parts["model"]
-    latent = torch.zeros(1, 4, 16, 16)
-    with torch.inference_mode():
-        sigmas = comfy.samplers.KSampler(model, STEPS, model.load_device, "euler", "karras", 1.0,
-                                         model_options=model.model_options).sigmas
-        sampler = sampler_module.BindingGuidedSampler(comfy.samplers.sampler_object("euler"), parts["bindings"], config)
-        out = comfy.sample.sample_custom(model, comfy.sample.prepare_noise(latent, 5), 5.0, sampler, sigmas,
-                                         parts["positive"], parts["negative"], latent, disable_pbar=True, seed=5)
-    assert torch.isfinite(out).all()
-    return sampler.last_report
+    entry = harness.module("guidance.sample")
+    result = entry.guided_sample(parts["model"], 5, STEPS, 5.0, "euler", "karras", parts["positive"],
+                                 parts["negative"], torch.zeros(1, 4, 16, 16), parts["bindings"], config)
+    assert torch.isfinite(result.samples).all()
+    return result.report
 
 
 def test_parse_bindings_finds_both_pairs_and_the_text_attention(graph_parts: dict) -> None:

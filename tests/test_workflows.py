@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 
 import pytest
-from workflow_tools import (
+from devkit.workflow_tools import (
     FRONTEND_ONLY,
     api_twin_path,
     check_ui_workflow,

@@ -63,36 +63,16 @@ def sample_guided(
     sampler_class: type | None = None,
     cfg: float = 5.0,
 ) -> tuple[torch.Tensor, Any]:
-    """Sample with a BindingGuidedSampler (or ``sampler_class``) around ``sampler_name`` (CFG ``cfg``, seed 7);
-    returns (latent, report)."""
-    import comfy.sample
-    import comfy.samplers
-
-    guided_sampler = harness.module("guidance.sampler")
-    model = case["model"] if model is None else model
-    bindings = case["bindings"] if bindings is None else bindings
-    latent = torch.zeros(1, 4, 16, 16) if latent is None else latent
-    with torch.inference_mode():
-        sigmas = comfy.samplers.KSampler(
-            model, steps, model.load_device, sampler_name, scheduler, 1.0, model_options=model.model_options
-        ).sigmas
-        sampler_class = guided_sampler.BindingGuidedSampler if sampler_class is None else sampler_class
-        sampler = sampler_class(comfy.samplers.sampler_object(sampler_name), bindings, config)
-        noise = comfy.sample.prepare_noise(latent, 7)
-        out = comfy.sample.sample_custom(
-            model,
-            noise,
-            cfg,
-            sampler,
-            sigmas,
-            case["positive"],
-            case["negative"],
-            latent,
-            noise_mask=noise_mask,
-            disable_pbar=True,
-            seed=7,
-        )
-    return out, sampler.last_report
+    """Sample with a BindingGuidedSampler (or ``sampler_class``) around ``sampler_name`` (CFG ``cfg``, seed 7),
+    through the pack's one entry point ``guidance.sample.guided_sample``; returns (latent, report)."""
+    entry = harness.module("guidance.sample")
+    options = {} if sampler_class is None else {"sampler_class": sampler_class}
+    result = entry.guided_sample(
+        case["model"] if model is None else model, 7, steps, cfg, sampler_name, scheduler, case["positive"],
+        case["negative"], torch.zeros(1, 4, 16, 16) if latent is None else latent,
+        case["bindings"] if bindings is None else bindings, config, noise_mask=noise_mask, **options,
+    )
+    return result.samples, result.report
 
 
 def sample_stock(
