@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 import torch
+from devkit.guided_runs import assert_lowered
 
 PROMPT = "a pink sunflower and a yellow flamingo"
 STEPS = 4
@@ -17,6 +18,12 @@ CASES = {
     "divide_and_bind": "refine = false",
     "tsam": "refine = false",
 }
+# The random tiny model's losses are nearly flat in the latent, so each method gets a step size at which one update
+# moves its loss by well over float rounding (assert_lowered: >= 100 float32 epsilons of the loss) at both guided
+# steps; measured drops at step 1, in those epsilons: syngen 9357, syngen_entropy 456, attend_and_excite ~380
+# (190 at 200), divide_and_bind 2044, tsam 2022 (75 at 2000, where another kernel choice can make it rise).
+STEP_SIZES = {"syngen": 20.0, "syngen_entropy": 100.0, "attend_and_excite": 400.0, "divide_and_bind": 20.0,
+              "tsam": 50000.0}
 
 
 @pytest.fixture(scope="module")
@@ -50,16 +57,13 @@ def test_parse_bindings_finds_both_pairs_and_the_text_attention(graph_parts: dic
 
 @pytest.mark.parametrize("method", list(CASES))
 def test_method_lowers_its_loss(harness: Any, graph_parts: dict, method: str) -> None:
+    """Every guided step lowers the method's loss (4 steps: steps 0 and 1 are guided)."""
     config_node = harness.module("nodes.config_node")
-    # T-SAM's loss on the tiny random model is nearly flat in the latent: at step size 5 or 20 a step moves it by
-    # ±1e-7 of 0.017, which is float rounding (it changes with the convolution kernel); at 2000 it drops 4e-6.
-    step_size = 2000.0 if method == "tsam" else 20.0
-    config = config_node.build_config(method, step_size, 0.5, CASES[method] + "\nmeasure_after_step = true")
+    config = config_node.build_config(method, STEP_SIZES[method], 0.5, CASES[method] + "\nmeasure_after_step = true")
     report = _run(harness, graph_parts, config)
-    stepped = [r for r in report.steps if r.stepped]
-    assert stepped, f"{method}: no guided update"
-    lowered = [r.loss_after_step < r.loss_before for r in stepped]
-    assert sum(lowered) >= 0.5 * len(lowered), [(r.loss_before, r.loss_after_step) for r in stepped]
+    assert [(r.step, r.stepped) for r in report.steps] == [(0, True), (1, True)], f"{method}: {report.steps}"
+    for record in report.steps:
+        assert_lowered(record)
 
 
 def test_chained_config_adds_terms_and_keeps_the_first_schedule(harness: Any, graph_parts: dict) -> None:
