@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from ..binding_losses.types import TokenLayout
+from ..settings import Bounds, convert_fields, setting
+from .cpu_convolution import CPU_CONVOLUTION_CHOICES
 
 
 @dataclass(frozen=True)
@@ -30,29 +32,76 @@ class PromptBindings:
         return not self.layout.bindings and not self.layout.subjects
 
 
-@dataclass(frozen=True)
-class GuidanceConfig:
-    """How to guide (the BINDING_CONFIG type): the loss objective and where to read attention."""
+MAIN_FACTORS = (1, 2, 4, 8)
+GUIDANCE_MODES = ("faithful", "fast")
+GUIDANCE_ATTENTION = ("sdpa", "comfy")
+@dataclass(frozen=True, kw_only=True)
+class GuidanceOptions:
+    """Sampler-level settings (the BINDING_OPTIONS type, from the Binding Guidance Options node). Each field is a
+    declared setting: its type, range and help text are here and nowhere else."""
+
+    main_factor: int = setting(
+        4,
+        "attention level the losses read, as a downsampling factor from the latent: 4 = 1/32 of the image side "
+        "(16×16 at 512 px SD1.x, 32×32 at 1024 px SDXL). Coarser levels (8) guide layout, finer ones (1, 2) "
+        "detail and cost more memory",
+        choices=MAIN_FACTORS,
+    )
+    stop_below: float | None = setting(
+        None,
+        "early exit: once the loss at a guided step is below this value, the remaining steps are not guided; "
+        "0 never stops early",
+        bounds=Bounds(0.0, 1e9),
+        off=0.0,
+    )
+    guidance_attention: str = setting(
+        "sdpa",
+        "attention kernel of the guidance pass outside the recorded layers: `sdpa` (PyTorch, has a backward on "
+        "every device) or `comfy` (the kernel ComfyUI chose for inference; use it only if sdpa fails on your "
+        "device)",
+        choices=GUIDANCE_ATTENTION,
+    )
+    cpu_convolution: str = setting(
+        "auto",
+        "on a CPU only: convolution kernel of the guidance pass. `auto` times oneDNN against PyTorch's native "
+        "kernel once per layer shape and uses the faster; `default` keeps PyTorch's choice, as ComfyUI's own "
+        "passes (use it for bit-reproducible CPU results: `auto` can choose differently after a restart); "
+        "`native` always uses PyTorch's native kernel",
+        choices=CPU_CONVOLUTION_CHOICES,
+    )
+    measure_after_step: bool = setting(
+        False,
+        "re-measure the loss after each update (one extra pass per guided step) so the sampler's report shows "
+        "what each step achieved; for diagnosis, it slows sampling",
+    )
+
+    def __post_init__(self) -> None:
+        convert_fields(self)
+
+
+SAMPLER_SETTINGS = tuple(item.name for item in fields(GuidanceOptions))
+"""The sampler-level settings (``GuidanceOptions``); older workflows set them in ``advanced``."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class GuidanceConfig(GuidanceOptions):
+    """How to guide (the BINDING_CONFIG type): the loss objective, the guidance mode and the sampler settings."""
 
     objective: Any
     """A ``binding_losses.objectives`` Objective (or ObjectiveChain)."""
-    main_factor: int = 4
-    """Preferred downsampling factor of the maps the losses read (4 = 16×16 at a 512 px SD1.x image)."""
+    mode: str = setting(
+        "faithful",
+        "faithful: a separate gradient pass before each guided step, as in the papers. fast: the gradient comes "
+        "from the step's own model call and moves the latent one step later, a little weaker; it saves time on "
+        "a CPU only (see the README's cost table). In a chain, the config connected to the sampler decides.",
+        choices=GUIDANCE_MODES,
+    )
     stop_forward_early: bool = True
     """End the guidance forward after the last layer whose maps are needed (identical gradients, less work)."""
     subject_words: tuple[str, ...] = ()
     """Explicit A&E / D&B subject words; empty means "the nouns of the bindings"."""
-    guidance_attention: str = "sdpa"
-    """Attention kernel of the guidance pass outside the recorded layers: "sdpa" (PyTorch, has a backward on every
-    device) or "comfy" (whatever ComfyUI selected for inference)."""
-    cpu_convolution: str = "auto"
-    """Convolution kernel of the guidance pass's differentiable part on CPU: "auto" (time oneDNN against PyTorch's
-    native kernel once per shape, use the faster), "default" (PyTorch's choice, as ComfyUI's passes) or "native"."""
-    stop_below: float | None = None
-    """Early exit: stop guiding once the loss at a guided step is below this value (None: never)."""
-    mode: str = "faithful"
-    """"faithful": a separate guidance forward before each guided step, as the references. "fast": the gradient
-    comes from the conditional rows of the step's own model call and moves the latent one step later."""
-    measure_after_step: bool = False
-    """Re-run the guidance forward after each update to record the loss it reached (tests and benchmarks)."""
     description: str = field(default="")
+
+    def options(self) -> GuidanceOptions:
+        """The sampler-level settings of this config."""
+        return GuidanceOptions(**{name: getattr(self, name) for name in SAMPLER_SETTINGS})

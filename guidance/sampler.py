@@ -24,6 +24,7 @@ from ..attention_patch import (
     require_unet,
 )
 from ..attention_patch.differentiable_attention import with_differentiable_attention
+from ..binding_losses.refinement import ProgressCallback, refine
 from ..binding_losses.types import TokenLayout
 from ..tokens import find_words
 from .cpu_convolution import guidance_convolutions
@@ -304,6 +305,10 @@ class GuidanceRun:
     def _finite(self, loss: float, grad: torch.Tensor, step: int) -> bool:
         if math.isfinite(loss) and bool(torch.isfinite(grad).all()):
             return True
+        self._warn_non_finite(step)
+        return False
+
+    def _warn_non_finite(self, step: int) -> None:
         if not self._warned_non_finite:
             log.warning(
                 "Binding guidance: non-finite loss or gradient at step %d; skipping that update "
@@ -311,36 +316,45 @@ class GuidanceRun:
                 step,
             )
             self._warned_non_finite = True
-        return False
+
+    @staticmethod
+    def _refinement_progress() -> ProgressCallback:
+        """Refinement can take many UNet passes at one step: show them on the node's progress bar."""
+        bar: comfy.utils.ProgressBar | None = None
+
+        def advance(done: int, total: int) -> None:
+            nonlocal bar
+            if bar is None:
+                bar = comfy.utils.ProgressBar(total)
+            bar.update_absolute(done, total)
+
+        return advance
 
     def guide(self, x: torch.Tensor, sigma: torch.Tensor, step: int, denoise_mask: Any, model_options: dict) -> None:
         """Apply this step's guidance to the sampler's latent ``x`` in place."""
         if not self.wants_step(step) or self.stopped_early:
             return
         self._check_planned_sigma(sigma, step)
-        refinement = self.objective.refinement(step, self.num_steps)
         step_size = float(self.objective.step_size(step, self.num_steps))
         with torch.inference_mode(False), torch.enable_grad():
-            latent = x.detach().clone().float()
             sigma_work = sigma.detach().clone()
-            scale = self._update_scale(step_size, sigma_work, latent, denoise_mask)
-
-            result, grad, loss = self._loss_and_grad(latent, sigma_work, model_options, step)
-            loss_before, iterations, stepped, loss_after_step = loss, 0, False, None
-            usable = self._finite(loss, grad, step)
-            if usable and refinement is not None:
-                # Refinement can take many UNet passes at one step: show them on the node's progress bar.
-                progress = comfy.utils.ProgressBar(refinement.max_iterations)
-                while iterations < refinement.max_iterations and refinement.should_continue(result):
-                    progress.update(1)
-                    candidate = latent - scale * grad
-                    new_result, new_grad, new_loss = self._loss_and_grad(candidate, sigma_work, model_options, step)
-                    iterations += 1
-                    if not self._finite(new_loss, new_grad, step):
-                        break
-                    latent, result, grad, loss = candidate, new_result, new_grad, new_loss
+            start = x.detach().clone().float()
+            scale = self._update_scale(step_size, sigma_work, start, denoise_mask)
+            refined = refine(
+                lambda z: self._loss_and_grad(z, sigma_work, model_options, step)[:2],
+                start,
+                self.objective,
+                step,
+                self.num_steps,
+                scale,
+                on_iteration=self._refinement_progress(),
+            )
+            if refined.non_finite:
+                self._warn_non_finite(step)
+            latent, grad, loss = refined.z, refined.grad, refined.loss
+            stepped, loss_after_step = False, None
             if (
-                usable
+                refined.usable
                 and self.objective.guides(step, self.num_steps)
                 and loss != 0.0
                 and not self._reached_target(loss)
@@ -355,9 +369,9 @@ class GuidanceRun:
         record = StepRecord(
             step=step,
             sigma=float(sigma.flatten()[0]),
-            loss_before=loss_before,
+            loss_before=refined.initial_loss,
             loss_after_refinement=loss,
-            refinement_iterations=iterations,
+            refinement_iterations=refined.iterations,
             stepped=stepped,
             step_size=step_size,
             loss_after_step=loss_after_step,
