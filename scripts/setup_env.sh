@@ -46,7 +46,7 @@ $PIP install -q --no-warn-conflicts -r "$VENV/comfy-requirements.txt" -c constra
 $PIP install -q --no-warn-conflicts -r requirements-dev.txt -c constraints.txt
 # The shared test/benchmark/demo helpers (tools/devkit): an editable install, so they import as `devkit` from anywhere
 # while the pack root stays off sys.path (its nodes/ folder would shadow ComfyUI's nodes module).
-$PIP install -q --no-deps --no-build-isolation -e tools
+$PIP install -q --no-deps -e tools
 "$VENV/bin/python" -c 'import torch, torchvision, spacy, devkit; assert torch.__version__.startswith("2.14.1"), torch.__version__'
 rm -f "$VENV"/.setup-*
 touch "$STAMP"
