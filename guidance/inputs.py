@@ -24,12 +24,33 @@ class PromptBindings:
     table: Any = None
     """``tokens.TokenTable`` of the prompt for the connected CLIP."""
     text_self_attention: Any = None
-    """``[77, 77]`` CLIP self-attention of the prompt's first chunk (layer- and head-averaged), for T-SAM."""
+    """``[77, 77]`` CLIP self-attention of the prompt's first chunk (layer- and head-averaged), for T-SAM; when
+    ``None``, :meth:`text_self_attention_for` computes it from ``clip`` the first time a T-SAM objective asks."""
+    clip: Any = None
+    """The CLIP that encoded the prompt (T-SAM's text self-attention is computed from it only when needed)."""
+    fingerprint: Any = None
+    """``prompt_match.ConditioningFingerprint`` of the prompt's conditioning: the sampler refuses a positive
+    conditioning that does not match it. ``None`` (hand-built bindings): no check."""
+    positive_prompts: tuple[str, ...] = ()
+    """The positive prompt text(s) the sampler node read from the graph, for the mismatch message only."""
+    _lazy: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def is_empty(self) -> bool:
         """True when the prompt has no entity to guide; sampling then runs without guidance."""
         return not self.layout.bindings and not self.layout.subjects
+
+    def text_self_attention_for(self, objective: Any) -> Any:
+        """T-SAM's text self-attention when ``objective`` has a T-SAM term, else ``None`` (computed once, lazily)."""
+        if self.text_self_attention is not None:
+            return self.text_self_attention
+        if self.clip is None or "tsam" not in str(getattr(objective, "name", "")).split("+"):
+            return None
+        if "text_self_attention" not in self._lazy:
+            from ..attention_patch.text_attention import clip_text_self_attention
+
+            self._lazy["text_self_attention"] = clip_text_self_attention(self.clip, self.prompt)
+        return self._lazy["text_self_attention"]
 
 
 MAIN_FACTORS = (1, 2, 4, 8)

@@ -34,6 +34,7 @@ from .gradients import GradientOverflowError, LossScale, loss_and_gradient
 from .inference_tensors import release_inference_tensors
 from .inputs import GuidanceConfig, PromptBindings
 from .model_loading import require_classic, single_device
+from .prompt_match import matching_entry
 from .report import GuidanceReport, StepRecord
 from .step_plan import UNSUPPORTED_SAMPLERS, first_evaluation_calls
 
@@ -142,7 +143,7 @@ class GuidanceRun:
         problem = self.objective.requirement_error(self.layout) if self.active else None
         if problem is not None:
             raise BindingGuidanceError(f"config: {problem}")
-        self.text_attention = bindings.text_self_attention
+        self.text_attention = bindings.text_self_attention_for(self.objective)  # T-SAM only
         self.num_steps = num_steps
         base_model = guider.inner_model
         all_layers = require_unet(base_model)  # refuses DiT/MMDiT models, naming the family
@@ -158,8 +159,8 @@ class GuidanceRun:
         positive = guider.conds.get("positive") if hasattr(guider, "conds") else None
         if not positive:
             raise BindingGuidanceError("Binding guidance needs a positive conditioning; the guider has none.")
-        # The guidance forward uses the first positive entry only (the prompt that was parsed).
-        self.positive = positive[:1]
+        # The guidance forward uses the positive entry that comes from the parsed prompt; none: refused here.
+        self.positive = [matching_entry(bindings.fingerprint, positive, bindings.prompt, bindings.positive_prompts)]
         self._warned_non_finite = False
         self.stopped_early = False
         self._capture: _PendingCapture | None = None

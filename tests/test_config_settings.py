@@ -11,7 +11,13 @@ from typing import Any
 
 import numpy as np
 import pytest
-from devkit.workflow_tools import check_ui_workflow, object_info_from_mappings, patch_for_test, ui_to_api
+from devkit.workflow_tools import (
+    check_ui_workflow,
+    object_info_from_mappings,
+    patch_for_test,
+    ui_to_api,
+    with_appended_outputs,
+)
 from PIL import Image
 
 LEGACY = Path(__file__).resolve().parent / "data" / "legacy_workflows"
@@ -165,7 +171,7 @@ def test_workflows_saved_before_the_change_still_load_and_validate(
     path: Path, harness: Any, tiny_checkpoint: str
 ) -> None:
     object_info = object_info_from_mappings(harness.nodes)
-    ui = json.loads(path.read_text())
+    ui = with_appended_outputs(json.loads(path.read_text()), object_info)  # Parse Bindings gained 'conditioning'
     assert check_ui_workflow(ui, object_info) == []
     twin = json.loads((LEGACY / "api" / path.name).read_text())
     assert ui_to_api(ui, object_info) == twin  # old widgets_values map onto the same inputs as before

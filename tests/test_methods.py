@@ -46,11 +46,12 @@ def _run(harness: Any, parts: dict, config: Any) -> Any:
     return result.report
 
 
-def test_parse_bindings_finds_both_pairs_and_the_text_attention(graph_parts: dict) -> None:
+def test_parse_bindings_finds_both_pairs_and_the_text_attention(harness: Any, graph_parts: dict) -> None:
     layout = graph_parts["bindings"].layout
     assert {(b.noun, b.modifiers) for b in layout.bindings} == {((3,), ((2,),)), ((7,), ((6,),))}
     assert "sunflower" in graph_parts["preview"] and "flamingo" in graph_parts["preview"]
-    attention = graph_parts["bindings"].text_self_attention
+    objectives = harness.module("binding_losses.objectives")
+    attention = graph_parts["bindings"].text_self_attention_for(objectives.make_objective("tsam"))
     assert attention.shape == (77, 77)
     assert torch.allclose(attention.sum(-1), torch.ones(77), atol=1e-4)  # rows are distributions
     assert attention.triu(1).abs().max() < 1e-6  # causal
