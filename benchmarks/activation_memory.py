@@ -12,16 +12,13 @@ matrix would add quadratic terms this fit does not model. Measured on a GPU, it 
 from __future__ import annotations
 
 import importlib
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from devkit.comfy_env import bootstrap_comfy, register_pack_package
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-
-from comfy_env import bootstrap_comfy, register_pack_package  # noqa: E402
 
 
 def bytes_saved_for_backward(model: object, forward: Callable[[], object]) -> int:
@@ -59,7 +56,7 @@ def main() -> None:
     bootstrap_comfy()
     register_pack_package()
     import comfy.supported_models
-    from tiny_models import SDXL_FULL_UNET, init_weights
+    from devkit.tiny_models import SDXL_FULL_UNET, init_weights
 
     capture = importlib.import_module("binding_guidance.attention_patch")
     differentiable = importlib.import_module("binding_guidance.kernels.differentiable_attention")

@@ -13,13 +13,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import sys
-from pathlib import Path
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from comfy_env import register_pack_package
+from devkit.comfy_env import register_pack_package
 
 # (in channels, out channels, latent downsampling factor) of the UNet's 3×3 convolutions, one per distinct shape.
 SD15_SHAPES = [

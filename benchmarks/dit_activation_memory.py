@@ -13,19 +13,14 @@ benchmarks/activation_memory.py does for SDXL; see its note on attention kernels
 from __future__ import annotations
 
 import importlib
-import sys
 import time
 from pathlib import Path
 
 import torch
+from activation_memory import bytes_saved_for_backward  # beside this script
+from devkit.comfy_env import bootstrap_comfy, register_pack_package
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-from activation_memory import bytes_saved_for_backward  # noqa: E402
-from comfy_env import bootstrap_comfy, register_pack_package  # noqa: E402
 
 FLUX_DEV = {"image_model": "flux", "guidance_embed": True, "in_channels": 16, "out_channels": 16, "vec_in_dim": 768,
             "context_in_dim": 4096, "hidden_size": 3072, "mlp_ratio": 4.0, "num_heads": 24, "axes_dim": [16, 56, 56],

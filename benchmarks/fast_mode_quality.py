@@ -1,17 +1,23 @@
 """How much binding loss fast mode removes compared with faithful mode, on the same seeds.
 
-For each prompt and seed, one sampling run per mode (plain, faithful, fast) on the same model. At every step the
-binding loss is probed at the latent that the step's model call actually denoises (after any update), with one
-extra no-grad guidance forward that changes nothing. The loss removed by a mode is its drop against the plain run
-at the same step, relative to the plain loss:
-- ``during``: mean over the guided steps after the first (step 0 is identical in every mode);
-- ``end``: at the first unguided step, where every update of both modes has landed.
-Fast mode is kept when its removal is at least 80% of faithful mode's (issue #7).
+For each prompt and seed: one plain sampling run (faithful mode at step size 0) and, at each step size, one
+faithful and one fast run, all from the same noise. At every step the binding loss is probed at the latent that
+the step's model call denoises (after any update), with one extra no-grad guidance forward that changes nothing.
+A mode's removal at a step is the plain run's loss minus its own there.
+
+- ``guided steps``: fast mode's removal summed over every guided step, step 0 included, divided by faithful mode's
+  removal summed over the same steps. At step 0 faithful mode has already moved the latent and fast mode has not;
+  that lag is part of what fast mode gives up, so it counts.
+- ``first unguided step``: the same ratio at the step after the last guided one, where every update has landed.
+
+Both are reported at the method's reference step size and at a stress step size, per prompt and seed, then as
+the mean, standard deviation, minimum and maximum over the runs.
 
     .venv/bin/python benchmarks/fast_mode_quality.py                    # tiny random SD1.5 checkpoint, CPU
     .venv/bin/python benchmarks/fast_mode_quality.py --checkpoint path/to/sd15.safetensors --latent 64
 
-The last line is machine-readable: ``fast_vs_faithful_during=<ratio> fast_vs_faithful_end=<ratio>``.
+The last line is machine-readable: ``fast_vs_faithful_guided=<mean at the reference step size>
+fast_vs_faithful_guided_stress=<mean at the stress step size> fast_vs_faithful_unguided=<...> ...``.
 """
 
 from __future__ import annotations
@@ -19,16 +25,13 @@ from __future__ import annotations
 import argparse
 import importlib
 import statistics
-import sys
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
+from devkit.comfy_env import bootstrap_comfy, register_pack_package
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-
-from comfy_env import bootstrap_comfy, register_pack_package  # noqa: E402
 
 PROMPTS = (
     "a pink sunflower and a yellow flamingo",
@@ -43,15 +46,17 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--checkpoint", help="checkpoint file; default: the tests' tiny random SD1.5 checkpoint")
     parser.add_argument("--latent", type=int, default=32, help="latent side (32 = 256 px)")
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--seeds", type=int, default=4)
+    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--prompts", type=int, default=len(PROMPTS), help=f"how many of the {len(PROMPTS)} prompts")
     parser.add_argument("--sampler", default="euler")
     parser.add_argument("--method", default="syngen")
-    parser.add_argument("--step-size", type=float, default=20.0)
+    parser.add_argument("--stress-step-size", type=float, default=2000.0,
+                        help="a large step size; on the tiny random model the reference step barely moves the loss")
     return parser.parse_args()
 
 
 def tiny_checkpoint() -> Path:
-    from tiny_models import build_sd15_tiny_checkpoint
+    from devkit.tiny_models import build_sd15_tiny_checkpoint
 
     path = ROOT / ".cache" / "test-models" / "sd15_tiny_v1.safetensors"
     if not path.exists():
@@ -60,23 +65,19 @@ def tiny_checkpoint() -> Path:
     return path
 
 
-def removed(plain: dict[int, float], probes: dict[int, float], steps: range) -> float:
-    """Mean loss drop against the plain run over ``steps``, relative to the plain loss's magnitude."""
-    return statistics.fmean((plain[i] - probes[i]) / abs(plain[i]) for i in steps)
+def removal(plain: dict[int, float], probes: dict[int, float], steps: range) -> float:
+    """Loss removed against the plain run, summed over ``steps``."""
+    return sum(plain[i] - probes[i] for i in steps)
 
 
-def main() -> None:
-    args = parse_args()
-    bootstrap_comfy()
-    register_pack_package()
-    import comfy.sample
-    import comfy.samplers
-    import comfy.sd
+def spread(values: list[float]) -> str:
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"mean {statistics.fmean(values):.3f}, sd {sd:.3f}, min {min(values):.3f}, max {max(values):.3f}"
 
+
+def probed_sampler_class() -> type:
+    """A BindingGuidedSampler whose run also measures the loss at every step's denoised latent (benchmark only)."""
     sampler_module = importlib.import_module("binding_guidance.guidance.sampler")
-    inputs = importlib.import_module("binding_guidance.guidance.inputs")
-    objectives = importlib.import_module("binding_guidance.binding_losses.objectives")
-    parse_node = importlib.import_module("binding_guidance.nodes.parse_node")
 
     latest_probes: dict[int, float] = {}
 
@@ -103,63 +104,73 @@ def main() -> None:
         return ProbedRun
 
     class ProbedSampler(sampler_module.BindingGuidedSampler):
+        latest_probes: ClassVar[dict[int, float]] = latest_probes
         run_classes: ClassVar[dict] = {
             mode: probed(cls) for mode, cls in sampler_module.BindingGuidedSampler.run_classes.items()
         }
 
+    return ProbedSampler
+
+
+def main() -> None:
+    args = parse_args()
+    bootstrap_comfy()
+    register_pack_package()
+    import comfy.sd
+
+    entry = importlib.import_module("binding_guidance.guidance.sample")
+    inputs = importlib.import_module("binding_guidance.guidance.inputs")
+    objectives = importlib.import_module("binding_guidance.binding_losses.objectives")
+    parse_node = importlib.import_module("binding_guidance.nodes.parse_node")
+    sampler_class = probed_sampler_class()
+
     path = Path(args.checkpoint) if args.checkpoint else tiny_checkpoint()
     with torch.inference_mode():
         model, clip, _, _ = comfy.sd.load_checkpoint_guess_config(str(path), output_vae=False, output_clipvision=False)
+    reference = float(objectives.default_params(args.method)["scale_factor"])
+    step_sizes = {"reference": reference, "stress": args.stress_step_size}
     guided_steps = round(0.5 * args.steps)
     latent = torch.zeros(1, 4, args.latent, args.latent)
 
     def run(bindings: Any, positive: Any, negative: Any, seed: int, mode: str, step_size: float) -> dict[int, float]:
-        config = inputs.GuidanceConfig(
-            objective=objectives.make_objective(args.method, scale_factor=step_size, guided_fraction=0.5), mode=mode
-        )
-        with torch.inference_mode():
-            sigmas = comfy.samplers.KSampler(
-                model, args.steps, model.load_device, args.sampler, "normal", 1.0, model_options=model.model_options
-            ).sigmas
-            sampler = ProbedSampler(comfy.samplers.sampler_object(args.sampler), bindings, config)
-            noise = comfy.sample.prepare_noise(latent, seed)
-            comfy.sample.sample_custom(
-                model, noise, 7.5, sampler, sigmas, positive, negative, latent, disable_pbar=True, seed=seed
-            )
-        return dict(latest_probes)
+        objective = objectives.make_objective(args.method, scale_factor=step_size, guided_fraction=0.5)
+        config = inputs.GuidanceConfig(objective=objective, mode=mode)
+        entry.guided_sample(model, seed, args.steps, 7.5, args.sampler, "normal", positive, negative, latent,
+                            bindings, config, sampler_class=sampler_class)
+        return dict(sampler_class.latest_probes)
 
-    rows = []
-    for prompt in PROMPTS:
+    guided, unguided = range(guided_steps), range(guided_steps, guided_steps + 1)
+    ratios: dict[str, dict[str, list[float]]] = {name: {"guided": [], "unguided": []} for name in step_sizes}
+    for prompt in PROMPTS[: args.prompts]:
         with torch.inference_mode():
             bindings = parse_node.parse_prompt_bindings(clip, prompt)[0]
             positive = [[clip.encode_from_tokens(clip.tokenize(prompt)), {}]]
             negative = [[clip.encode_from_tokens(clip.tokenize("")), {}]]
         for seed in range(args.seeds):
             plain = run(bindings, positive, negative, seed, "faithful", 0.0)
-            faithful = run(bindings, positive, negative, seed, "faithful", args.step_size)
-            fast = run(bindings, positive, negative, seed, "fast", args.step_size)
-
-            during = range(1, guided_steps)
-            end = range(guided_steps, guided_steps + 1)
-            row = (
-                removed(plain, faithful, during),
-                removed(plain, fast, during),
-                removed(plain, faithful, end),
-                removed(plain, fast, end),
-            )
-            rows.append(row)
-            print(
-                f"{prompt!r} seed {seed}: loss removed during guidance faithful {row[0]:.3f} fast {row[1]:.3f}; "
-                f"at step {guided_steps} faithful {row[2]:.3f} fast {row[3]:.3f}",
-                flush=True,
-            )
-    mean = [statistics.fmean(row[k] for row in rows) for k in range(4)]
-    print(
-        f"{args.method}, {args.sampler}, {args.steps} steps ({guided_steps} guided), {len(rows)} runs per mode: "
-        f"mean relative loss removed during guidance faithful {mean[0]:.3f} fast {mean[1]:.3f}; "
-        f"at step {guided_steps} faithful {mean[2]:.3f} fast {mean[3]:.3f}"
-    )
-    print(f"fast_vs_faithful_during={mean[1] / mean[0]:.3f} fast_vs_faithful_end={mean[3] / mean[2]:.3f}")
+            for name, step_size in step_sizes.items():
+                faithful = run(bindings, positive, negative, seed, "faithful", step_size)
+                fast = run(bindings, positive, negative, seed, "fast", step_size)
+                line = []
+                for span, steps in (("guided", guided), ("unguided", unguided)):
+                    by_faithful, by_fast = removal(plain, faithful, steps), removal(plain, fast, steps)
+                    ratios[name][span].append(by_fast / by_faithful)
+                    line.append(f"{span}: faithful removes {by_faithful:.3g}, fast {by_fast:.3g} "
+                                f"(ratio {by_fast / by_faithful:.3f})")
+                print(f"{prompt!r} seed {seed}, step size {step_size:g} ({name}); plain loss at step 0 "
+                      f"{plain[0]:.4g}; " + "; ".join(line), flush=True)
+    runs = len(ratios["reference"]["guided"])
+    print(f"{args.method}, {args.sampler}, {args.steps} steps ({guided_steps} guided, steps 0-{guided_steps - 1}), "
+          f"CFG 7.5, {args.latent}x{args.latent} latent, {runs} runs per mode and step size. "
+          "Fast mode's loss removal as a fraction of faithful mode's:")
+    for name, step_size in step_sizes.items():
+        print(f"  step size {step_size:g} ({name}): over all guided steps {spread(ratios[name]['guided'])}; "
+              f"at step {guided_steps} (first unguided) {spread(ratios[name]['unguided'])}")
+    print(" ".join(
+        f"fast_vs_faithful_{span}{'' if name == 'reference' else '_' + name}="
+        f"{statistics.fmean(ratios[name][span]):.3f}"
+        for name in step_sizes for span in ("guided", "unguided")
+    ))
 
 
 if __name__ == "__main__":

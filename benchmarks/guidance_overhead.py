@@ -24,17 +24,14 @@ import importlib
 import math
 import os
 import resource
-import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
 
 import torch
+from devkit.comfy_env import bootstrap_comfy, register_pack_package
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-
-from comfy_env import bootstrap_comfy, register_pack_package  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -53,7 +50,7 @@ def parse_args() -> argparse.Namespace:
 def build_model(arch: str, device: str, dtype: torch.dtype) -> object:
     import comfy.model_patcher
     import comfy.supported_models
-    from tiny_models import SD15_FULL_UNET, SDXL_FULL_UNET, init_weights
+    from devkit.tiny_models import SD15_FULL_UNET, SDXL_FULL_UNET, init_weights
 
     if arch == "sdxl":
         config = comfy.supported_models.SDXL(dict(SDXL_FULL_UNET))
@@ -114,27 +111,14 @@ class SamplingBench:
 
     def run(self, steps: int, config: object | None = None, sampler_class: type | None = None) -> float:
         """Sample ``steps`` euler steps (guided when ``config`` is given); returns the wall time in seconds."""
-        import comfy.sample
-        import comfy.samplers
-
-        model = self.model
-        if sampler_class is None:
-            sampler_class = importlib.import_module("binding_guidance.guidance.sampler").BindingGuidedSampler
-        with torch.inference_mode():
-            sigmas = comfy.samplers.KSampler(
-                model, steps, model.load_device, "euler", "normal", 1.0, model_options=model.model_options
-            ).sigmas
-            inner = comfy.samplers.sampler_object("euler")
-            if config is not None:
-                inner = sampler_class(inner, self.bindings, config)
-            noise = comfy.sample.prepare_noise(self.latent, 1)
-            self.synchronize()
-            started = time.perf_counter()
-            comfy.sample.sample_custom(
-                model, noise, 7.5, inner, sigmas, self.positive, self.negative, self.latent, disable_pbar=True, seed=1
-            )
-            self.synchronize()
-            return time.perf_counter() - started
+        entry = importlib.import_module("binding_guidance.guidance.sample")
+        options = {} if sampler_class is None else {"sampler_class": sampler_class}
+        self.synchronize()
+        started = time.perf_counter()
+        entry.guided_sample(self.model, 1, steps, 7.5, "euler", "normal", self.positive, self.negative, self.latent,
+                            self.bindings, config, **options)
+        self.synchronize()
+        return time.perf_counter() - started
 
     def synchronize(self) -> None:
         if self.device == "cuda":

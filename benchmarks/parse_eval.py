@@ -17,13 +17,10 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the shared import helper, not the pack
-
-from comfy_env import register_pack_package
+from devkit.comfy_env import register_pack_package
 
 
 def _load_package():

@@ -21,17 +21,14 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+from devkit.comfy_env import bootstrap_comfy, register_pack_package
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-
-from comfy_env import bootstrap_comfy, register_pack_package  # noqa: E402
 
 LONG_TAIL = ", in a lush tropical garden with tall palm trees and hanging vines" * 6
 PROMPTS = {
@@ -67,7 +64,7 @@ def load_clip(arch: str) -> Any:
     """The text encoder of a tiny test checkpoint, or a full-size CLIP-L with a CLIP-style random init."""
     import comfy.sd
     import comfy.supported_models
-    from tiny_models import SD15_TINY_UNET, build_tiny_checkpoint
+    from devkit.tiny_models import SD15_TINY_UNET, build_tiny_checkpoint
 
     if arch == "clip-l":
         config = comfy.supported_models.SD15(dict(SD15_TINY_UNET))
@@ -102,7 +99,7 @@ def same_prompt_variants(clip: Any, prompt: str, lora_dir: Path) -> dict[str, li
     import comfy.sd
     import comfy.utils
     import nodes
-    from tiny_lora import build_clip_lora
+    from devkit.tiny_lora import build_clip_lora
 
     loras = {relative: comfy.utils.load_torch_file(str(build_clip_lora(clip, lora_dir / f"lora{relative}.safetensors",
                                                                       relative=relative)))

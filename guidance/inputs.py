@@ -133,8 +133,9 @@ class GuidanceConfig(GuidanceOptions):
     mode: str = setting(
         "faithful",
         "faithful: a separate gradient pass before each guided step, as in the papers. fast: the gradient comes "
-        "from the step's own model call and moves the latent one step later, a little weaker; it saves time on "
-        "a CPU only (see the README's cost table). In a chain, the config connected to the sampler decides.",
+        "from the step's own model call and each update lands one step late, so it removes less binding loss "
+        "while guidance runs (measured in docs/guidance_modes.md); it saves time on a CPU only (see the README's "
+        "cost table). In a chain, the config connected to the sampler decides.",
         choices=GUIDANCE_MODES,
     )
     stop_forward_early: bool = True

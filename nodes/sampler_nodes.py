@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import comfy.sample
 import comfy.samplers
 import comfy.utils
 import latent_preview
@@ -16,6 +15,7 @@ from ..guidance.inputs import GuidanceConfig, PromptBindings
 from ..guidance.model_loading import classic_model
 from ..guidance.previews import attention_panels, guidance_note, last_maps, loss_curve, word_maps
 from ..guidance.prompt_match import matching_entry
+from ..guidance.sample import guided_sample
 from ..guidance.sampler import BindingGuidedSampler
 from .graph_prompts import custom_sampler_positive_texts, ksampler_positive_texts
 
@@ -119,18 +119,14 @@ class BindingGuidedKSampler:
         bindings = with_graph_prompts(bindings, ksampler_positive_texts(prompt, unique_id))
         check_bindings_match(bindings, positive)
         model = classic_model(model)  # guidance needs weights that a backward pass can use (no dynamic VRAM)
-        sampler = BindingGuidedSampler(comfy.samplers.sampler_object(sampler_name), bindings, config)
-        latent = comfy.sample.fix_empty_latent_channels(model, latent_image["samples"])
-        noise = comfy.sample.prepare_noise(latent, seed, latent_image.get("batch_index"))
-        sigmas = comfy.samplers.KSampler(model, steps=steps, device=model.load_device, sampler=sampler_name,
-                                         scheduler=scheduler, denoise=denoise, model_options=model.model_options).sigmas
-        callback = latent_preview.prepare_callback(model, sigmas.shape[-1] - 1)
-        samples = comfy.sample.sample_custom(model, noise, cfg, sampler, sigmas, positive, negative, latent,
-                                             noise_mask=latent_image.get("noise_mask"), callback=callback,
-                                             disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
+        result = guided_sample(model, seed, steps, cfg, sampler_name, scheduler, positive, negative,
+                               latent_image["samples"], bindings, config, denoise=denoise,
+                               noise_mask=latent_image.get("noise_mask"), batch_index=latent_image.get("batch_index"),
+                               callback=latent_preview.prepare_callback(model, steps),
+                               disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED)
         out = latent_image.copy()
-        out["samples"] = samples
-        report = sampler.last_report
+        out["samples"] = result.samples
+        report = result.report
         maps = last_maps(report)
         panels = attention_panels(maps, bindings.layout, word_labels(bindings), note=guidance_note(report))
         curve = loss_curve(report)

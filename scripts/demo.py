@@ -20,10 +20,9 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))  # test helpers (ComfyUI bootstrap, tiny models, workflow tools), not the pack
+from devkit.comfy_env import bootstrap_comfy
 
-from comfy_env import bootstrap_comfy  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 WORKFLOW = ROOT / "workflows" / "syngen_sd15.json"
 DIT_WORKFLOWS = {"flux": ROOT / "workflows" / "syngen_flux.json", "sd3": ROOT / "workflows" / "syngen_sd35.json"}
@@ -49,7 +48,7 @@ def checkpoint_path(args: argparse.Namespace) -> Path:
         if not path.is_file():
             sys.exit(f"--checkpoint: {path} does not exist.")
         return path
-    import tiny_models
+    from devkit import tiny_models
 
     if args.arch in DIT_WORKFLOWS:  # built in memory by stand-in loader nodes; this folder caches text encoders
         return ROOT / ".cache" / "test-models" / "dit_tiny"
@@ -67,13 +66,13 @@ def checkpoint_path(args: argparse.Namespace) -> Path:
 
 
 def build_graph(nodes_module: object, ckpt_name: str, args: argparse.Namespace, step_size: float) -> dict:
-    from workflow_tools import object_info_from_mappings, ui_to_api
+    from devkit.workflow_tools import object_info_from_mappings, ui_to_api
 
     dit = args.arch in DIT_WORKFLOWS and not args.checkpoint
     workflow = DIT_WORKFLOWS[args.arch] if dit else WORKFLOW
     graph = ui_to_api(json.loads(workflow.read_text()), object_info_from_mappings(nodes_module))
     if dit:
-        from tiny_dit_models import use_tiny_dit
+        from devkit.tiny_dit_models import use_tiny_dit
 
         graph = use_tiny_dit(graph, size=args.size, steps=args.steps)
     for node in graph.values():
@@ -100,7 +99,7 @@ def build_graph(nodes_module: object, ckpt_name: str, args: argparse.Namespace, 
 
 
 def run(prompt: dict) -> dict:
-    from comfy_env import execute_prompt
+    from devkit.comfy_env import execute_prompt
 
     try:
         return execute_prompt(prompt, "demo")
@@ -159,7 +158,7 @@ def main() -> None:
     folder_paths.add_model_folder_path("checkpoints", str(checkpoint.parent))
     asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
     if tiny and args.arch in DIT_WORKFLOWS:
-        from tiny_dit_models import register_tiny_dit_nodes
+        from devkit.tiny_dit_models import register_tiny_dit_nodes
 
         register_tiny_dit_nodes(nodes, checkpoint)
     if not asyncio.run(nodes.load_custom_node(str(ROOT), module_parent="custom_nodes")):

@@ -6,7 +6,6 @@ Usage: .venv/bin/python scripts/make_help_pages.py
 from __future__ import annotations
 
 import importlib
-import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -14,8 +13,7 @@ PAGES = ("BindingLossConfig.md", "BindingGuidanceOptions.md")
 
 
 def main() -> None:
-    sys.path.insert(0, str(ROOT / "tests"))
-    from comfy_env import bootstrap_comfy, register_pack_package
+    from devkit.comfy_env import bootstrap_comfy, register_pack_package
 
     bootstrap_comfy()
     register_pack_package()

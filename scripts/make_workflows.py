@@ -13,14 +13,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import sys
 import uuid
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))  # tests/ holds the ComfyUI bootstrap and the converter (not the pack root)
-
-from workflow_tools import (  # noqa: E402
+from devkit.workflow_tools import (
     API_DIR,
     WORKFLOW_DIR,
     input_specs,
@@ -31,6 +27,8 @@ from workflow_tools import (  # noqa: E402
     ui_workflow_paths,
     widget_layout,
 )
+
+ROOT = Path(__file__).resolve().parent.parent
 
 COMFY_VERSION = "0.3.75"
 FRONTEND_VERSION = "1.32.9"
@@ -375,11 +373,11 @@ def write_json(path: Path, data: dict, compact_api: bool = False) -> None:
 
 def load_object_info() -> tuple[dict, set[str]]:
     """object_info of core + this pack, with the pack loaded through ComfyUI's real custom-node loader."""
-    from comfy_env import bootstrap_comfy
+    from devkit.comfy_env import bootstrap_comfy
 
     bootstrap_comfy()
     import nodes
-    from workflow_tools import object_info_from_mappings
+    from devkit.workflow_tools import object_info_from_mappings
 
     asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
     before = set(nodes.NODE_CLASS_MAPPINGS)

@@ -26,7 +26,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from comfy_env import find_comfy_root
+from devkit.comfy_env import find_comfy_root
 
 PACK_ROOT = Path(__file__).resolve().parent.parent
 PACK_FOLDER_NAME = "binding-guidance"  # what ComfyUI-Manager names the clone (the normalised [project] name)
@@ -73,10 +73,10 @@ class ComfyServer:
     # -- lifecycle ----------------------------------------------------------------------------------------------
     def start(self) -> ComfyServer:
         tree = mirror_comfy_tree(find_comfy_root(), self.work_dir / "comfy")
-        # The tiny Flux.1 / SD3 stand-in loaders (tests/tiny_dit_models.py), for queueing the DiT workflows.
+        # The tiny Flux.1 / SD3 stand-in loaders (tools/devkit/tiny_dit_models.py), for queueing the DiT workflows.
         (tree / "custom_nodes" / "tiny_dit_test_nodes.py").write_text(
-            f"import sys\nsys.path.insert(0, {str(Path(__file__).resolve().parent)!r})\n"
-            "from pathlib import Path\nfrom tiny_dit_models import tiny_dit_node_classes\n"
+            f"import sys\nsys.path.insert(0, {str(Path(__file__).resolve().parent.parent / 'tools')!r})\n"
+            "from pathlib import Path\nfrom devkit.tiny_dit_models import tiny_dit_node_classes\n"
             f"NODE_CLASS_MAPPINGS = tiny_dit_node_classes(Path({str(self.checkpoints_dir)!r}))\n")
         config = self.work_dir / "extra_model_paths.yaml"
         config.write_text(

@@ -6,7 +6,8 @@ Two ways the pack is imported in tests:
   package ``binding_guidance`` *without* running the pack's root ``__init__``
   (which imports ComfyUI). The pack root itself is never put on ``sys.path``.
 * Integration tests load the pack through ComfyUI's real custom-node loader; see
-  ``tests/comfy_env.py``.
+  ``tools/devkit/comfy_env.py``. ``pytest.ini`` puts this clone's ``tools/`` first on the path, so the tests
+  use their own clone's helpers even when the venv's editable ``devkit`` install points at another clone.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from comfy_env import PACK_ROOT, register_pack_package
+from devkit.comfy_env import PACK_ROOT, register_pack_package
 
 SHARED_DIR = PACK_ROOT.parent / "shared"
 
@@ -23,15 +24,33 @@ register_pack_package()
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# No silent skips in CI: `.ci/run` sets CI=true, and there a skipped test fails with its skip reason (a missing
+# Chromium, missing ../shared data, a missing spaCy model...). Only tests marked `gpu` may skip in CI.
+
+import os  # noqa: E402
+
+import pytest  # noqa: E402
+
+IN_CI = os.environ.get("CI", "").lower() not in ("", "0", "false")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> object:
+    outcome = yield
+    report = outcome.get_result()
+    if IN_CI and report.skipped and not hasattr(report, "wasxfail") and item.get_closest_marker("gpu") is None:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"skipped under CI, where only tests marked 'gpu' may skip: {reason}"
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Real-ComfyUI fixtures (only tests that ask for them import ComfyUI).
 
 import asyncio  # noqa: E402
-import os  # noqa: E402
 import uuid  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from typing import Any  # noqa: E402
-
-import pytest  # noqa: E402
 
 TEST_CACHE = PACK_ROOT / ".cache" / "test-models"
 
@@ -56,7 +75,7 @@ class ComfyHarness:
 
     def run_prompt(self, prompt: dict) -> dict:
         """Validate and execute an API-format graph with ComfyUI's executor; returns the history outputs."""
-        from comfy_env import execute_prompt
+        from devkit.comfy_env import execute_prompt
 
         try:
             return execute_prompt(prompt, str(uuid.uuid4()))
@@ -66,7 +85,7 @@ class ComfyHarness:
 
 @pytest.fixture(scope="session")
 def harness(tmp_path_factory: pytest.TempPathFactory) -> ComfyHarness:
-    from comfy_env import bootstrap_comfy
+    from devkit.comfy_env import bootstrap_comfy
 
     bootstrap_comfy()
     import folder_paths
@@ -87,7 +106,7 @@ def harness(tmp_path_factory: pytest.TempPathFactory) -> ComfyHarness:
 @pytest.fixture(scope="session")
 def tiny_checkpoint(harness: ComfyHarness) -> str:
     """File name (in the checkpoints folder) of the tiny SD1.x checkpoint, built once and cached."""
-    from tiny_models import build_sd15_tiny_checkpoint
+    from devkit.tiny_models import build_sd15_tiny_checkpoint
 
     name = "sd15_tiny_v1.safetensors"
     path = TEST_CACHE / name
@@ -119,10 +138,14 @@ def _cached_tiny_checkpoint(arch: str, name: str) -> str:
     if not path.exists():
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         code = (
-            "import sys; from pathlib import Path; from comfy_env import bootstrap_comfy; bootstrap_comfy(); "
-            "from tiny_models import build_tiny_checkpoint; build_tiny_checkpoint(sys.argv[1], Path(sys.argv[2]))"
+            "import sys; from pathlib import Path; from devkit.comfy_env import bootstrap_comfy; bootstrap_comfy(); "
+            "from devkit.tiny_models import build_tiny_checkpoint; "
+            "build_tiny_checkpoint(sys.argv[1], Path(sys.argv[2]))"
         )
-        subprocess.run([sys.executable, "-c", code, arch, str(tmp)], cwd=Path(__file__).parent, check=True)
+        # The child imports this clone's devkit, as the tests do (pytest.ini's pythonpath does not reach it).
+        path_entries = [str(PACK_ROOT / "tools"), *filter(None, [os.environ.get("PYTHONPATH")])]
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(path_entries))
+        subprocess.run([sys.executable, "-c", code, arch, str(tmp)], cwd=Path(__file__).parent, check=True, env=env)
         tmp.replace(path)
     return name
 

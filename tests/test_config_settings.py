@@ -11,14 +11,14 @@ from typing import Any
 
 import numpy as np
 import pytest
-from PIL import Image
-from workflow_tools import (
+from devkit.workflow_tools import (
     check_ui_workflow,
     object_info_from_mappings,
     patch_for_test,
     ui_to_api,
     with_appended_outputs,
 )
+from PIL import Image
 
 LEGACY = Path(__file__).resolve().parent / "data" / "legacy_workflows"
 LEGACY_UI = sorted(LEGACY.glob("*.json"))
@@ -203,7 +203,7 @@ def test_sampler_keys_in_advanced_mean_what_the_options_node_means(
 
 
 def test_help_pages_match_the_declarations(harness: Any, config_node: Any) -> None:
-    from comfy_env import PACK_ROOT
+    from devkit.comfy_env import PACK_ROOT
 
     fill_tables = harness.module("settings").fill_tables
     tables = config_node.help_tables()

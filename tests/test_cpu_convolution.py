@@ -10,7 +10,7 @@ import pytest
 import torch
 from binding_guidance.kernels import cpu_convolution
 from binding_guidance.kernels.cpu_convolution import GuidanceConvolutions, KernelTimings, guidance_convolutions
-from guided_runs import prompt_case, sample_guided, syngen_config
+from devkit.guided_runs import prompt_case, sample_guided, syngen_config
 
 pytestmark = pytest.mark.skipif(not cpu_convolution.onednn_available(), reason="this PyTorch has no oneDNN")
 

@@ -12,12 +12,22 @@ from typing import Any
 
 import pytest
 import torch
-from guided_runs import assert_same_prediction, fresh_model, prompt_case, sample_guided, sample_stock, syngen_config
-
-pytestmark = pytest.mark.skipif(
-    os.environ.get("BINDING_GUIDANCE_DEVICE") != "cuda" or not torch.cuda.is_available(),
-    reason="needs a CUDA device and BINDING_GUIDANCE_DEVICE=cuda",
+from devkit.guided_runs import (
+    assert_same_prediction,
+    fresh_model,
+    prompt_case,
+    sample_guided,
+    sample_stock,
+    syngen_config,
 )
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(
+        os.environ.get("BINDING_GUIDANCE_DEVICE") != "cuda" or not torch.cuda.is_available(),
+        reason="needs a CUDA device and BINDING_GUIDANCE_DEVICE=cuda",
+    ),
+]
 
 LATENT = torch.zeros(1, 4, 32, 32)
 

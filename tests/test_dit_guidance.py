@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import torch
-from dit_runs import config, guided, stock, tiny_case
+from devkit.dit_runs import config, guided, stock, tiny_case
 
 FAMILY_CFG = {"flux": 3.5, "sd3": 4.5}
 METHODS = {"syngen": "", "syngen_entropy": "", "attend_and_excite": "refine = false",

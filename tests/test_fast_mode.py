@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import torch
-from guided_runs import assert_same_prediction, prompt_case, sample_guided, sample_stock
+from devkit.guided_runs import assert_same_prediction, prompt_case, sample_guided, sample_stock
 
 
 @pytest.fixture(scope="module")
@@ -51,13 +51,18 @@ def test_fast_mode_measures_the_faithful_loss_at_the_first_step(harness: Any, se
 
 
 def test_update_lands_one_step_later_and_lowers_the_loss_there(harness: Any, setup: dict) -> None:
+    stock = _stock(setup)
     guided, report = _sample(harness, setup, _config(harness, "fast"))
-    unguided = _sample(harness, setup, _config(harness, "fast", scale_factor=0.0))[1]
+    unguided_result, unguided = _sample(harness, setup, _config(harness, "fast", scale_factor=0.0))
     assert report.steps[0].loss_before == pytest.approx(unguided.steps[0].loss_before, rel=1e-5)
     assert report.steps[0].stepped
     # Step 1's model call sees the update computed at step 0.
     assert report.steps[1].loss_before < unguided.steps[1].loss_before
-    assert (guided - _stock(setup)).abs().max() > 1e-3
+    # The update reaches the result in full. The step-size-0 run differs from stock sampling by rounding only
+    # (split batch, explicit attention: 1.0e-3); the update moves the result by 0.66, so even 1 % of it shows.
+    rounding = float((unguided_result - stock).abs().max())
+    effect = float((guided - unguided_result).abs().max())
+    assert effect > 100 * max(rounding, 1e-6), f"guidance moved the result by {effect:.3g}; rounding {rounding:.3g}"
 
 
 def test_the_last_steps_gradient_is_dropped(harness: Any, setup: dict) -> None:

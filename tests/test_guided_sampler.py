@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 import torch
-from guided_runs import prompt_case, sample_guided, sample_stock
+from devkit.guided_runs import assert_lowered, prompt_case, sample_guided, sample_stock
 
 
 @pytest.fixture(scope="module")
@@ -100,17 +100,20 @@ def test_empty_bindings_match_stock_ksampler_exactly(harness: Any, setup: dict, 
 
 def test_gradient_step_lowers_the_binding_loss(harness: Any, setup: dict) -> None:
     _, report = _sample(harness, setup, "euler", setup["bindings"])
+    assert [record.step for record in report.steps] == [0, 1]
     for record in report.steps:
-        assert record.loss_after_step is not None
-        assert record.loss_after_step < record.loss_before, record
+        assert_lowered(record)
 
 
 def test_no_patch_leaks_into_the_next_run(harness: Any, setup: dict) -> None:
+    """The stock result is taken before the guided run: a leaked patch or hook would change every later run."""
     model = setup["model"]
+    stock_before = _stock(setup, "euler")
     options_before = repr(model.model_options)
     _sample(harness, setup, "euler", setup["bindings"])
     assert repr(model.model_options) == options_before
-    assert torch.equal(_sample(harness, setup, "euler", setup["empty"])[0], _stock(setup, "euler"))
+    assert torch.equal(_stock(setup, "euler"), stock_before)
+    assert torch.equal(_sample(harness, setup, "euler", setup["empty"])[0], stock_before)
 
 
 def test_masked_latent_moves_only_inside_the_mask(harness: Any, setup: dict) -> None:
@@ -152,12 +155,14 @@ def test_cancel_during_guidance_leaves_the_model_clean(harness: Any, setup: dict
             return self.inner.loss(*args, **kwargs)
 
     cancelling = dict(setup, config=inputs.GuidanceConfig(objective=CancelInLoss(setup["config"].objective)))
+    stock_before = _stock(setup, "euler")  # before the cancelled run, so that anything it leaks shows
     try:
         with pytest.raises(comfy.model_management.InterruptProcessingException):
             _sample(harness, cancelling, "euler", setup["bindings"])
     finally:
         comfy.model_management.interrupt_current_processing(False)
-    assert torch.equal(_sample(harness, setup, "euler", setup["empty"])[0], _stock(setup, "euler"))
+    assert torch.equal(_stock(setup, "euler"), stock_before)
+    assert torch.equal(_sample(harness, setup, "euler", setup["empty"])[0], stock_before)
 
 
 def test_early_exit_stops_guiding_below_the_threshold(harness: Any, setup: dict) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import torch
-from dit_runs import (
+from devkit.dit_runs import (
     assert_recorded_equals_explicit,
     config,
     explicit_softmax,

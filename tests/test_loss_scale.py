@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 import pytest
 import torch
 from binding_guidance.guidance.gradients import GradientOverflowError, LossScale, loss_and_gradient
-from guided_runs import assert_same_prediction, prompt_case, sample_guided, syngen_config
+from devkit.guided_runs import assert_same_prediction, prompt_case, sample_guided, syngen_config
 
 
 def _fp16_chain(leaf: torch.Tensor, *factors: float) -> SimpleNamespace:

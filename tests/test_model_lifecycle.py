@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import torch
-from guided_runs import fresh_model, prompt_case, sample_guided, syngen_config
+from devkit.guided_runs import fresh_model, prompt_case, sample_guided, syngen_config
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import torch
-from guided_runs import assert_same_prediction, fresh_model, prompt_case, sample_guided, syngen_config
+from devkit.guided_runs import assert_same_prediction, fresh_model, prompt_case, sample_guided, syngen_config
 
 
 def _dynamic_patcher_class() -> type:

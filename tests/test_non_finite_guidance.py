@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 
 import pytest
 import torch
-from guided_runs import prompt_case, sample_guided, sample_stock
+from devkit.guided_runs import prompt_case, sample_guided, sample_stock
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from binding_guidance.binding_losses import (
@@ -109,13 +111,30 @@ def test_token_selection_from_layout() -> None:
     assert attribute_words(bare) == (None,)
 
 
+def constant_maps(columns: dict[int, float], size: int = 4) -> dict[int, AttentionLevel]:
+    """One factor-4 level whose map for token ``k`` is the constant ``columns.get(k, 0)`` at every pixel."""
+    mean = torch.zeros(1, 77, size, size)
+    for column, value in columns.items():
+        mean[:, column] = value
+    return {4: AttentionLevel(mean=mean, count=1)}
+
+
 def test_eot_columns_per_chunk() -> None:
     layout = TokenLayout(bindings=(), prompt_positions=(1, 2, 3, 78, 79))
     assert eot_columns(layout, 154) == [(1, 4), (1, 3)]
     assert eot_columns(TokenLayout(bindings=(), prompt_positions=(1, 2)), 154) == [(1, 3), (1, 1)]
-    objective = make_objective("attend_and_excite", normalize_eot=True)
-    result = objective.loss(attention(), LAYOUT, 0, 50)
-    assert torch.isfinite(result.total).all()
+
+
+def test_normalize_eot_softmaxes_over_the_prompt_tokens_only() -> None:
+    """Hand-computed: the nouns (3, 8) have map value 0.01, the other prompt tokens 1..8 have 0, the padding
+    columns 9..75 have 0.02. After A&E's ×100 softmax a noun's share is e/(2e + 6) over columns 1..8
+    (normalize_eot), and e/(2e + 6 + 67e²) over columns 1..75 (the default)."""
+    maps = constant_maps({3: 0.01, 8: 0.01, **{k: 0.02 for k in range(9, 76)}})
+    e = math.e
+    for normalize_eot, share in ((True, e / (2 * e + 6)), (False, e / (2 * e + 6 + 67 * e * e))):
+        objective = make_objective("attend_and_excite", normalize_eot=normalize_eot, smooth=False)
+        result = objective.loss(maps, LAYOUT, 0, 50)
+        assert result.total.item() == pytest.approx(1.0 - share, abs=1e-6), normalize_eot
 
 
 def test_empty_layouts_give_zero_losses() -> None:
@@ -151,16 +170,22 @@ def test_chain_weights_levels_and_schedule() -> None:
 
 
 def test_refinement_counts_and_caps() -> None:
+    """Step 20 of 50 is A&E's third refinement point: refine while the loss is above 1 - 0.8. Uniform maps give
+    the subject 1/75 of the ×100 re-softmax (loss 74/75); a subject value of ln(74)/100 gives it half (loss 1/2):
+    both refine up to the cap of 3. A subject that holds all the attention has loss ≈ 0: no refinement."""
     objective = make_objective("attend_and_excite", max_refinement_steps=3)
-    refinement = objective.refinement(10, 50)
-    assert refinement is not None
-    attn = {4: attention()[4]}
     layout = TokenLayout(bindings=(TokenBinding((3,)),), prompt_positions=(1, 2, 3))
-    result = objective.loss(attn, layout, 10, 50)
-    runs = 0
-    while refinement.continues(result, runs):
-        runs += 1
-    assert runs == (3 if bool((result.metric > 0.5).any()) else 0)
+    cases = ((constant_maps({}), 74 / 75, 3), (constant_maps({3: math.log(74) / 100}), 0.5, 3),
+             (constant_maps({3: 1.0}), 0.0, 0))
+    for maps, loss, expected_runs in cases:
+        refinement = objective.refinement(20, 50)
+        assert refinement is not None
+        result = objective.loss(maps, layout, 20, 50)
+        assert result.total.item() == pytest.approx(loss, abs=1e-5)
+        runs = 0
+        while refinement.continues(result, runs):
+            runs += 1
+        assert runs == expected_runs, loss
 
 
 def test_parameters_are_coerced_and_validated() -> None:
@@ -201,7 +226,7 @@ def test_the_worked_example_of_adding_a_method_works(tmp_path, monkeypatch) -> N
     import re
 
     from binding_guidance.binding_losses import objectives
-    from comfy_env import PACK_ROOT
+    from devkit.comfy_env import PACK_ROOT
 
     page = (PACK_ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
     code = re.search(r"```python\n(# binding_losses/peak\.py\n.*?)```", page, re.S)

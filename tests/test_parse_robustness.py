@@ -21,7 +21,7 @@ from binding_guidance.tokens import (
     token_table_for_clip,
     weighted_segments,
 )
-from comfy_env import bootstrap_comfy
+from devkit.comfy_env import bootstrap_comfy
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.control import currently_in_test_context

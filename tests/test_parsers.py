@@ -268,7 +268,7 @@ def test_scoring_convention() -> None:
 @pytest.fixture(scope="module")
 def dev_records() -> list[dict]:
     if not DEV_FILE.is_file():
-        pytest.skip(f"dev gold file not found at {DEV_FILE}")
+        pytest.skip(f"dev gold file not found at {DEV_FILE}: put the shared evaluation data beside the clone")
     return load_gold(DEV_FILE)
 
 

@@ -158,7 +158,7 @@ def _reported_nouns(outputs: dict) -> list[str]:
 @pytest.fixture(scope="module")
 def lora_name(harness, sd15, tmp_path_factory) -> str:
     import folder_paths
-    from tiny_lora import build_clip_lora
+    from devkit.tiny_lora import build_clip_lora
 
     folder = tmp_path_factory.mktemp("loras")
     build_clip_lora(sd15[1], folder / "tiny_clip_lora.safetensors", relative=0.05)
@@ -212,25 +212,16 @@ def test_two_node_mismatch_is_refused_naming_both_prompts(harness, tiny_checkpoi
 
 def test_custom_sampler_refuses_a_mismatch_before_the_first_step(harness, sd15):
     """The check lives in the sampler's sample(), so SamplerCustom graphs get it too, before any step runs."""
-    import comfy.sample
-    import comfy.samplers
-
-    sampler_module = harness.module("guidance.sampler")
+    entry = harness.module("guidance.sample")
     objectives = harness.module("binding_losses.objectives")
     inputs = harness.module("guidance.inputs")
     bindings = _parse(harness, sd15[1], PROMPT).bindings
     config = inputs.GuidanceConfig(objective=objectives.make_objective("syngen"))
-    model = sd15[0]
     steps: list[int] = []
-    latent = torch.zeros(1, 4, 8, 8)
-    with torch.inference_mode():
-        sigmas = comfy.samplers.KSampler(model, 2, model.load_device, "euler", "karras", 1.0,
-                                         model_options=model.model_options).sigmas
-        sampler = sampler_module.BindingGuidedSampler(comfy.samplers.sampler_object("euler"), bindings, config)
-        with pytest.raises(harness.module("guidance.errors").BindingGuidanceError, match="Parse Bindings read"):
-            comfy.sample.sample_custom(model, comfy.sample.prepare_noise(latent, 1), 5.0, sampler, sigmas,
-                                       _encode(harness, sd15[1], OTHER), _encode(harness, sd15[1], ""), latent,
-                                       callback=lambda step, *_: steps.append(step), disable_pbar=True, seed=1)
+    with pytest.raises(harness.module("guidance.errors").BindingGuidanceError, match="Parse Bindings read"):
+        entry.guided_sample(sd15[0], 1, 2, 5.0, "euler", "karras", _encode(harness, sd15[1], OTHER),
+                            _encode(harness, sd15[1], ""), torch.zeros(1, 4, 8, 8), bindings, config,
+                            callback=lambda step, *_: steps.append(step))
     assert steps == []
 
 

@@ -19,7 +19,7 @@ from binding_guidance.settings import (
     settings_table,
     widget_spec,
 )
-from comfy_env import PACK_ROOT
+from devkit.comfy_env import PACK_ROOT
 
 
 @dataclass(frozen=True)
@@ -133,7 +133,7 @@ def test_settings_table_and_fill_tables() -> None:
 
 def test_settings_import_neither_torch_nor_comfy() -> None:
     code = (
-        "import sys; sys.path.insert(0, 'tests'); from comfy_env import register_pack_package; "
+        "import sys; sys.path.insert(0, 'tools'); from devkit.comfy_env import register_pack_package; "
         "register_pack_package(); import binding_guidance.settings; "
         "assert not {'torch', 'comfy', 'nodes'} & set(sys.modules), sorted(sys.modules)"
     )

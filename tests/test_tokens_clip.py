@@ -18,7 +18,7 @@ from binding_guidance.tokens import (
     token_table,
     token_table_for_clip,
 )
-from comfy_env import bootstrap_comfy
+from devkit.comfy_env import bootstrap_comfy
 
 bootstrap_comfy()
 import comfy.sd1_clip as sd1_clip  # noqa: E402

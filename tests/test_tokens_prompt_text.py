@@ -6,7 +6,7 @@ import random
 
 import pytest
 from binding_guidance.tokens.prompt_text import comfy_groups, strip_comfy_syntax, weighted_segments
-from comfy_env import bootstrap_comfy
+from devkit.comfy_env import bootstrap_comfy
 
 bootstrap_comfy()
 import comfy.sd1_clip as sd1_clip  # noqa: E402

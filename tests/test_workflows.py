@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 
 import pytest
-from workflow_tools import (
+from devkit.workflow_tools import (
     FRONTEND_ONLY,
     PACK_ROOT,
     api_twin_path,
@@ -171,11 +171,11 @@ def test_control_after_generate_value_is_not_sent(object_info):
 @pytest.mark.parametrize("path", UI_PATHS, ids=IDS)
 def test_api_twin_runs_on_tiny_checkpoint(path, harness, tiny_checkpoint):
     api = load_json(api_twin_path(path))
-    from tiny_dit_models import dit_arch
+    from devkit.tiny_dit_models import dit_arch
 
     if dit_arch(api):  # Flux.1 / SD3: tiny stand-in loaders
         from conftest import TEST_CACHE
-        from tiny_dit_models import register_tiny_dit_nodes, use_tiny_dit
+        from devkit.tiny_dit_models import register_tiny_dit_nodes, use_tiny_dit
 
         register_tiny_dit_nodes(harness.nodes, TEST_CACHE)
         prompt = use_tiny_dit(api, size=128, steps=4)

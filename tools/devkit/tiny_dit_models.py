@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tiny_models import init_weights
+
+from devkit.tiny_models import init_weights
 
 TEXT_WIDTH = 64
 """Width of both tiny text encoders: the Flux context (T5) and the pooled vector (CLIP-L)."""

@@ -16,7 +16,8 @@ import sys
 import types
 from pathlib import Path
 
-PACK_ROOT = Path(__file__).resolve().parent.parent
+# tools/devkit/comfy_env.py -> the pack's root folder (the clone this devkit belongs to).
+PACK_ROOT = Path(__file__).resolve().parents[2]
 PACK_PACKAGE = "binding_guidance"
 
 _BOOTSTRAPPED: Path | None = None

@@ -12,7 +12,7 @@ only the UNet channels; see ``docs/model_families.md``. :func:`build_tiny_checkp
 :data:`TINY_ARCHS` (used by the tests' session fixtures and by ``scripts/demo.py --arch``).
 
 ComfyUI creates weights uninitialised, which gives NaN, so every tensor is initialised here.
-Call :func:`comfy_env.bootstrap_comfy` first.
+Call :func:`devkit.comfy_env.bootstrap_comfy` first.
 """
 
 from __future__ import annotations

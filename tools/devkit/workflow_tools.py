@@ -15,7 +15,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-PACK_ROOT = Path(__file__).resolve().parent.parent
+from .comfy_env import PACK_ROOT
+
 WORKFLOW_DIR = PACK_ROOT / "workflows"
 API_DIR = WORKFLOW_DIR / "api"
 

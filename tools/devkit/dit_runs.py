@@ -8,7 +8,8 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from guided_runs import PROMPT
+
+from devkit.guided_runs import PROMPT
 
 STEPS = 4
 
@@ -25,7 +26,8 @@ def encoded_case(harness: Any, model: Any, clip: Any) -> dict:
 def tiny_case(harness: Any, arch: str) -> dict:
     """The tiny ``arch`` ("flux" or "sd3") model and CLIP with PROMPT encoded and parsed (see encoded_case)."""
     from conftest import TEST_CACHE
-    from tiny_dit_models import load_flux_clip, tiny_flux_model, tiny_sd3_clip, tiny_sd3_model
+
+    from devkit.tiny_dit_models import load_flux_clip, tiny_flux_model, tiny_sd3_clip, tiny_sd3_model
 
     if arch == "flux":
         return encoded_case(harness, tiny_flux_model(), load_flux_clip(TEST_CACHE))
