@@ -1,0 +1,260 @@
+"""What "consistent" means for a fuzzed input, checked the same way by the tests and ``benchmarks/fuzz.py``.
+
+A prompt goes through Parse Bindings' pipeline (``strip_comfy_syntax`` → ``parse_bindings`` / ``parse_override`` →
+``token_table_for_clip`` → ``align_entities``). It either raises the one documented input error
+(``parsers.PromptError``: invalid Unicode text, a malformed override) or parses *consistently*:
+
+1. the clean text maps back to the prompt: every kept character comes from the prompt character its map names;
+2. every parser word is a span of the clean text (``text[start:end] == word``); negated ⊆ modifiers;
+3. entities come in prompt order, no two entities share (or overlap) a noun, and no modifier overlaps its own noun
+   or another modifier of the same noun;
+4. the token table has one row per context column, in chunks of 77, and text tokens point into the prompt;
+5. every binding position lies inside the context and on a prompt token (never SOT, EOT or padding); negated
+   modifiers are not bound;
+6. every token bound to a word was made from that word's characters of the prompt (a token made from characters
+   of two words, e.g. one byte-level BPE piece across "👍🏽", belongs to both);
+7. parsing and aligning the same text again gives the same result (deterministic);
+8. no alignment warning about a bad span.
+
+Any other exception is a crash. :class:`InconsistentError` (an ``AssertionError``) reports a broken invariant, so a test
+that calls these checks fails with the reason.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from typing import Any
+
+from binding_guidance.parsers import PromptError, parse_bindings, parse_override
+from binding_guidance.tokens import align_entities, strip_comfy_syntax, token_table_for_clip
+
+SPACY = "en_core_web_sm"
+PARSED, INPUT_ERROR = "parsed", "input_error"
+
+
+class InconsistentError(AssertionError):
+    """A generated input broke an invariant (the message says which)."""
+
+
+def require(condition: object, message: str) -> None:
+    if not condition:
+        raise InconsistentError(message)
+
+
+def is_invalid_text(prompt: str) -> bool:
+    """Whether ``prompt`` is not valid Unicode text (holds an unpaired surrogate): the documented input error."""
+    return any(0xD800 <= ord(c) <= 0xDFFF for c in prompt)
+
+
+def expect_prompt_error(call: Callable[[], object], pattern: str, error_type: type = PromptError) -> None:
+    """``call()`` must raise ``error_type`` whose message matches ``pattern``."""
+    try:
+        call()
+    except error_type as error:
+        require(re.search(pattern, str(error)), f"{error_type.__name__} {str(error)!r} does not match {pattern!r}")
+        return
+    raise InconsistentError(f"expected {error_type.__name__} matching {pattern!r}; the call returned")
+
+
+def tokenizer_clips() -> dict[str, Any]:
+    """Real ComfyUI CLIPs holding only their tokenizers (how CLIP.clone() builds one; no weights): sd1, sdxl."""
+    from comfy_env import bootstrap_comfy
+
+    bootstrap_comfy()
+    import comfy.sd
+    import comfy.sd1_clip
+    import comfy.sdxl_clip
+
+    clips = {}
+    for name, tokenizer in (("sd1", comfy.sd1_clip.SD1Tokenizer()), ("sdxl", comfy.sdxl_clip.SDXLTokenizer())):
+        clip = comfy.sd.CLIP(no_init=True)
+        clip.tokenizer = tokenizer
+        clip.tokenizer_options = {}
+        clips[name] = clip
+    return clips
+
+
+# --- parsers -----------------------------------------------------------------------------------------------------
+
+
+def parser_for(mode: str, override: str = "") -> Callable[[str], Any]:
+    """The parse step of one mode (``robust``, ``faithful``, ``fallback``, ``override``), checking what ran."""
+    expected = {"robust": f"spacy:{SPACY}:robust", "faithful": f"spacy:{SPACY}:faithful", "fallback": "fallback",
+                "override": "override"}[mode]
+
+    def parse(text: str) -> Any:
+        if mode == "override":
+            parsed = parse_override(override, text)
+        elif mode == "fallback":
+            parsed = parse_bindings(text, "robust", "fallback")
+        else:
+            parsed = parse_bindings(text, mode, SPACY, include_entities=mode == "faithful")
+        require(parsed.parser == expected, f"parser {parsed.parser!r}, expected {expected!r}")
+        return parsed
+
+    return parse
+
+
+# --- the pipeline ------------------------------------------------------------------------------------------------
+
+
+def check_prompt(prompt: str, clip: Any, parse: Callable[[str], Any]) -> str:
+    """Run Parse Bindings' pipeline on ``prompt``: ``PARSED`` (consistent), ``INPUT_ERROR``, or raise."""
+    if is_invalid_text(prompt):
+        for call in (lambda: strip_comfy_syntax(prompt), lambda: parse(prompt),
+                     lambda: token_table_for_clip(clip, prompt)):
+            expect_prompt_error(call, r"prompt: .*surrogate")
+        return INPUT_ERROR
+    clean = strip_comfy_syntax(prompt)
+    _check_clean(prompt, clean)
+    parsed = parse(clean.text)
+    _check_parse(clean.text, parsed)
+    try:
+        table = token_table_for_clip(clip, prompt)
+    except PromptError as error:  # documented: deeper nesting than ComfyUI's own recursive tokenizer handles
+        require("nested too deeply" in str(error), f"undocumented PromptError for valid text: {error}")
+        return INPUT_ERROR
+    _check_table(prompt, table)
+    result = align_entities(parsed, clean, table)
+    _check_alignment(parsed, clean, table, result)
+    require(parse(clean.text) == parsed, "a second parse of the same text differs")
+    again = align_entities(parsed, clean, table)
+    require(again.layout == result.layout and again.entities == result.entities, "a second alignment differs")
+    return PARSED
+
+
+def _check_clean(prompt: str, clean: Any) -> None:
+    require(clean.original == prompt, "CleanPrompt.original is not the prompt")
+    require(len(clean.char_map) == len(clean.text) == len(clean.weights), "clean text, char map and weights differ")
+    for ch, origin in zip(clean.text, clean.char_map, strict=True):
+        if origin is None:
+            continue
+        require(0 <= origin < len(prompt), f"char map {origin} outside the prompt")
+        # ComfyUI's unescape also turns a literal "\0\1" / "\0\2" into ")" / "(" (kept here, as CLIP reads it)
+        source = prompt[origin]
+        require(ch == source or (ch.isspace() and source.isspace()) or (ch, source) in ((")", "\1"), ("(", "\2")),
+                f"clean {ch!r} maps to prompt {source!r}")
+
+
+def _overlap(a: Any, b: Any) -> bool:
+    return a.start < b.end and b.start < a.end
+
+
+def _check_parse(text: str, parsed: Any) -> None:
+    require(parsed.prompt == text, "ParsedPrompt.prompt is not the clean text")
+    nouns = [ent.noun for ent in parsed.entities]
+    require([n.start for n in nouns] == sorted(n.start for n in nouns), "entities are not in prompt order")
+    for i, ent in enumerate(parsed.entities):
+        require(set(ent.negated) <= set(ent.modifiers), f"negated {ent.negated} not among the modifiers")
+        for w in (ent.noun, *ent.modifiers):
+            require(0 <= w.start <= w.end <= len(text) and text[w.start:w.end] == w.text, f"word {w} is not a span")
+        require(not any(_overlap(ent.noun, other) for other in nouns[i + 1:]), f"noun {ent.noun} bound twice")
+        mods = ent.modifiers
+        require(not any(_overlap(ent.noun, m) for m in mods), f"a modifier of {ent.noun} overlaps it")
+        require(not any(_overlap(a, b) for j, a in enumerate(mods) for b in mods[j + 1:]),
+                f"modifiers of {ent.noun} overlap each other")
+
+
+def _check_table(prompt: str, table: Any) -> None:
+    n = table.context_length
+    require(n == len(table) == sum(table.chunk_lengths) and n % 77 == 0, f"context length {n}")
+    for i, tok in enumerate(table):
+        require(tok.position == i, f"token {i} has position {tok.position}")
+        if tok.span is not None:
+            require(tok.kind == "text" and 0 <= tok.start < tok.end <= len(prompt), f"token span {tok}")
+
+
+def _check_alignment(parsed: Any, clean: Any, table: Any, result: Any) -> None:
+    layout, n = result.layout, table.context_length
+    require(layout.context_length == n, "layout context length differs from the table's")
+    pp = layout.prompt_positions
+    require(list(pp) == sorted(set(pp)) and all(0 <= p < n and table[p].kind in ("text", "embedding") for p in pp),
+            "prompt positions include specials or padding")
+    require(len(layout.bindings) == len(result.entities), "bindings and aligned entities differ in number")
+    for binding, entity in zip(layout.bindings, result.entities, strict=True):
+        require(binding.noun, "a binding without a noun")
+        for positions in (binding.noun, *binding.modifiers):
+            require(positions and all(0 <= p < n and table[p].kind == "text" for p in positions),
+                    f"positions {positions} are not text tokens")
+            require(set(positions) <= set(pp), f"positions {positions} are not prompt positions")
+        for word in (entity.noun, *entity.modifiers):
+            chars = set(clean.original_indices(word.start, word.end))
+            require(all(chars & set(range(table[p].start, table[p].end)) for p in word.positions),
+                    f"a token of {word.text!r} was not made from its characters")
+    negated = {(w.start, w.end) for ent in parsed.entities for w in ent.negated}
+    require(not any((m.start, m.end) in negated for ent in result.entities for m in ent.modifiers),
+            "a negated modifier is bound")
+    require(not [w for w in result.warnings if "bad span" in w or "does not match" in w], result.warnings)
+
+
+def check_override(prompt: str, override: str, valid: bool, clip: Any) -> str:
+    """An override parses consistently (and, when ``valid``, gives exactly its entries) or raises PromptError
+    naming ``override`` and showing the syntax."""
+    try:
+        outcome = check_prompt(prompt, clip, parser_for("override", override))
+    except PromptError as error:
+        require(not valid, f"valid override {override!r} rejected: {error}")
+        require(str(error).startswith("override ") and "sunflower: pink; flamingo: yellow" in str(error),
+                f"override error does not name the input or show the syntax: {error}")
+        return INPUT_ERROR
+    if valid and outcome == PARSED:
+        parsed = parse_override(override, strip_comfy_syntax(prompt).text)
+        entries = [e.partition(":")[0].strip().lower() for e in re.split(r"[;\n]", override) if e.strip()]
+        require(sorted(ent.noun.text.lower() for ent in parsed.entities) == sorted(entries),
+                f"override {override!r} gave nouns {[e.noun.text for e in parsed.entities]}")
+    return outcome
+
+
+# --- Binding Loss Config -----------------------------------------------------------------------------------------
+
+VALID_CONFIG, REFUSED = "valid", "refused"
+
+
+def _call_with(function: Callable[..., Any], inputs: dict) -> Any:
+    """Call ``function`` with the inputs it declares, as ComfyUI calls ``VALIDATE_INPUTS``."""
+    names = function.__code__.co_varnames[: function.__code__.co_argcount]
+    return function(**{name: inputs[name] for name in names if name in inputs})
+
+
+def names_an_input(message: str, inputs: dict) -> bool:
+    """Whether an error message names the input it is about: a widget, or a key written in ``advanced``."""
+    keys = {line.split("#", 1)[0].split("=", 1)[0].strip() for line in str(inputs.get("advanced", "")).splitlines()}
+    names = {*inputs, *(k for k in keys if k)}
+    return any(name in message for name in names)
+
+
+def nonfinite_values(config: Any, depth: int = 0) -> list[str]:
+    """Names of the non-finite numbers anywhere in a built config (its objective terms' hyperparameters)."""
+    if depth > 4:
+        return []
+    found: list[str] = []
+    items = vars(config).items() if hasattr(config, "__dict__") else ()
+    for name, value in items:
+        values = value if isinstance(value, tuple | list) else (value,)
+        for item in values:
+            if isinstance(item, float) and not math.isfinite(item):
+                found.append(name)
+            elif hasattr(item, "__dict__") and not callable(item) and not isinstance(item, type):
+                found += nonfinite_values(item, depth + 1)
+    return found
+
+
+def check_config(node_class: type, inputs: dict) -> tuple[str, list[str]]:
+    """Validate and build one Binding Loss Config as ComfyUI would: ``VALIDATE_INPUTS``, then ``configure``.
+
+    Returns ``(VALID_CONFIG, non-finite hyperparameters)`` or ``(REFUSED, [])``; a refusal must be a ValueError (or
+    a validation message) that names the input, and validation and configure must agree. Anything else raises.
+    """
+    verdict = _call_with(node_class.VALIDATE_INPUTS, inputs)
+    require(verdict is True or isinstance(verdict, str), f"VALIDATE_INPUTS returned {verdict!r}")
+    require(verdict is True or names_an_input(verdict, inputs), f"validation message names no input: {verdict}")
+    try:
+        config = node_class().configure(**inputs)[0]
+    except ValueError as error:
+        require(names_an_input(str(error), inputs), f"error does not name the input: {error}")
+        return REFUSED, []
+    require(verdict is True, f"validation refused ({verdict}) what configure accepts")
+    require(hasattr(config, "objective"), f"configure returned {config!r}")
+    return VALID_CONFIG, nonfinite_values(config)
