@@ -22,6 +22,7 @@ that calls these checks fails with the reason.
 
 from __future__ import annotations
 
+import importlib
 import math
 import re
 from collections.abc import Callable
@@ -29,9 +30,12 @@ from typing import Any
 
 from binding_guidance.parsers import PromptError, parse_bindings, parse_override
 from binding_guidance.tokens import align_entities, strip_comfy_syntax, token_table_for_clip
+from workflow_tools import FAST_ADVANCED
 
 SPACY = "en_core_web_sm"
 PARSED, INPUT_ERROR = "parsed", "input_error"
+NONFINITE_CONDITIONING = "nonfinite_conditioning"
+"""The prompt's own weights make CLIP's conditioning non-finite ("(cat:inf)"); KSampler gives NaN there too."""
 
 
 class InconsistentError(AssertionError):
@@ -225,20 +229,19 @@ def names_an_input(message: str, inputs: dict) -> bool:
     return any(name in message for name in names)
 
 
-def nonfinite_values(config: Any, depth: int = 0) -> list[str]:
-    """Names of the non-finite numbers anywhere in a built config (its objective terms' hyperparameters)."""
-    if depth > 4:
+def nonfinite_values(value: Any, name: str = "config", depth: int = 0) -> list[str]:
+    """Where a built config (its settings, its objective terms and their hyperparameters) holds a non-finite number."""
+    if isinstance(value, float):
+        return [] if math.isfinite(value) else [name]
+    if depth > 5 or isinstance(value, str | bytes | type) or callable(value):
         return []
-    found: list[str] = []
-    items = vars(config).items() if hasattr(config, "__dict__") else ()
-    for name, value in items:
-        values = value if isinstance(value, tuple | list) else (value,)
-        for item in values:
-            if isinstance(item, float) and not math.isfinite(item):
-                found.append(name)
-            elif hasattr(item, "__dict__") and not callable(item) and not isinstance(item, type):
-                found += nonfinite_values(item, depth + 1)
-    return found
+    if isinstance(value, tuple | list):
+        return [found for item in value for found in nonfinite_values(item, name, depth + 1)]
+    if isinstance(value, dict):
+        return [found for key, item in value.items() for found in nonfinite_values(item, str(key), depth + 1)]
+    if hasattr(value, "__dict__"):
+        return [found for key, item in vars(value).items() for found in nonfinite_values(item, key, depth + 1)]
+    return []
 
 
 def check_config(node_class: type, inputs: dict) -> tuple[str, list[str]]:
@@ -258,3 +261,73 @@ def check_config(node_class: type, inputs: dict) -> tuple[str, list[str]]:
     require(verdict is True, f"validation refused ({verdict}) what configure accepts")
     require(hasattr(config, "objective"), f"configure returned {config!r}")
     return VALID_CONFIG, nonfinite_values(config)
+
+
+# --- the guided sampler ------------------------------------------------------------------------------------------
+
+GUIDED_STEPS, GUIDED_LATENT_SIDE, GUIDED_SEED = 2, 16, 16
+"""Each guided fuzz run: 2 steps, both guided, on a 16×16 latent (128 px) of the tiny model."""
+
+
+class GuidedRig:
+    """ComfyUI's node classes with the pack loaded by ComfyUI, the tiny model, and the pack's two input errors as
+    ComfyUI loaded them (its module tree is not ``binding_guidance``)."""
+
+    def __init__(self, nodes: dict[str, type], model: Any, clip: Any, prompt_error: type, guidance_error: type):
+        self.nodes, self.model, self.clip = nodes, model, clip
+        self.prompt_error, self.guidance_error = prompt_error, guidance_error
+
+    @classmethod
+    def load(cls, nodes_module: Any, pack: Any, model: Any, clip: Any) -> GuidedRig:
+        errors = [importlib.import_module(f"{pack.__name__}.{name}") for name in ("parsers", "guidance.errors")]
+        return cls(nodes_module.NODE_CLASS_MAPPINGS, model, clip, errors[0].PromptError,
+                   errors[1].BindingGuidanceError)
+
+    def __repr__(self) -> str:
+        return "GuidedRig(tiny model)"
+
+
+def check_guided(rig: GuidedRig, prompt: str, variant: tuple[str, str, str], *, mode: str = "robust",
+                 override: str = "") -> str:
+    """Parse Bindings → Binding Loss Config → Binding-Guided KSampler on ``prompt`` through the node classes, with
+    the real tiny model, under inference mode as ComfyUI runs them.
+
+    Returns ``INPUT_ERROR`` (Parse Bindings' PromptError, or the sampler's BindingGuidanceError naming its input,
+    e.g. Divide & Bind on a prompt with no modifier), ``NONFINITE_CONDITIONING`` (sampled, nothing to check), or
+    ``PARSED``: every output is finite, and a prompt without bindings samples exactly like KSampler.
+    """
+    import torch
+
+    method, guidance_mode, sampler = variant
+    nodes = rig.nodes
+    spacy = "fallback (no spaCy)" if mode == "fallback" else SPACY
+    parse_mode = mode if mode in ("robust", "faithful") else "robust"
+    with torch.inference_mode():
+        try:
+            bindings, preview = nodes["ParseBindings"]().parse(rig.clip, prompt, parse_mode, spacy, override)
+        except rig.prompt_error as error:
+            require(is_invalid_text(prompt) or str(error).startswith("override "), f"PromptError for {prompt!r}")
+            return INPUT_ERROR
+        require(not is_invalid_text(prompt) and isinstance(preview, str), f"parsed invalid text {prompt!r}")
+        positive = nodes["CLIPTextEncode"]().encode(rig.clip, prompt)[0]
+        negative = nodes["CLIPTextEncode"]().encode(rig.clip, "")[0]
+        config = nodes["BindingLossConfig"]().configure(
+            method=method, step_size=20.0, guided_fraction=1.0, advanced=FAST_ADVANCED.get(method, ""), weight=1.0,
+            guidance_mode=guidance_mode)[0]
+        common = dict(model=rig.model, seed=GUIDED_SEED, steps=GUIDED_STEPS, cfg=5.0, sampler_name=sampler,
+                      scheduler="karras", positive=positive, negative=negative, denoise=1.0,
+                      latent_image={"samples": torch.zeros(1, 4, GUIDED_LATENT_SIDE, GUIDED_LATENT_SIDE)})
+        try:
+            latent, maps, curve = nodes["BindingGuidedKSampler"]().sample(**common, bindings=bindings,
+                                                                          config=config)["result"]
+        except rig.guidance_error as error:
+            require(re.match(r"(config|bindings|positive|sampler_name|model): ", str(error)), f"unclear: {error}")
+            return INPUT_ERROR
+        if not torch.isfinite(positive[0][0]).all():
+            return NONFINITE_CONDITIONING
+        for name, tensor in (("latent", latent["samples"]), ("attention_maps", maps), ("loss_curve", curve)):
+            require(torch.isfinite(tensor).all(), f"{name} is not finite ({variant}, prompt {prompt!r})")
+        if bindings.is_empty:
+            plain = nodes["KSampler"]().sample(**common)[0]["samples"]
+            require(torch.equal(latent["samples"], plain), f"no bindings, yet not KSampler's result: {prompt!r}")
+    return PARSED

@@ -15,6 +15,7 @@ Pure Python (Hypothesis only); ``CAMPAIGNS`` says how a run of N prompts is shar
 
 from __future__ import annotations
 
+import math
 import string
 from dataclasses import dataclass
 
@@ -141,7 +142,7 @@ ADVANCED_VALUES = (
     "tv_bind", "as_written", "0.05, 0.5, 0.8", "(1, 5, 10)", "1, 2", "nan, 0.5, 0.8", "inf, inf, inf", "abc", "１２",
     "1_000", " 3 ", "0x10", "9" * 400, "1" * 5000, "-0", "1.", ".5", "5e-324",
 )
-advanced_key = st.sampled_from(ADVANCED_KEYS) | st.text(max_size=12).filter(lambda s: "=" not in s and "#" not in s)
+advanced_key = st.sampled_from(ADVANCED_KEYS) | st.text(st.characters(exclude_characters="=#"), max_size=12)
 advanced_value = st.one_of(st.sampled_from(ADVANCED_VALUES), st.floats().map(repr), st.integers().map(str),
                            st.text(max_size=20))
 advanced_line = st.one_of(
@@ -152,6 +153,7 @@ advanced_line = st.one_of(
     st.text(max_size=40),
 )
 advanced_text = st.one_of(
+    st.tuples(st.sampled_from(ADVANCED_KEYS), advanced_value).map(lambda kv: f"{kv[0]} = {kv[1]}"),
     st.lists(advanced_line, max_size=6).map("\n".join),
     st.lists(advanced_line, min_size=30, max_size=60).map("\n".join),
     st.lists(advanced_line, max_size=4).map("\r\n".join),
@@ -176,16 +178,31 @@ class ConfigCase:
                     advanced=self.advanced, weight=self.weight, words=self.words, guidance_mode=self.guidance_mode)
 
 
+# Widget values: NaN passes ComfyUI's own min/max check (every comparison with NaN is false), so it reaches the node
+# from /prompt; other out-of-range widget values are refused by ComfyUI before the node runs.
 config_cases = st.builds(
     ConfigCase,
     method=st.sampled_from(METHODS),
     advanced=advanced_text,
     guidance_mode=st.sampled_from(GUIDANCE_MODES),
-    step_size=st.sampled_from([0.0, 5.0, 20.0, 1000.0]),
-    guided_fraction=st.sampled_from([0.0, 0.5, 1.0]),
-    weight=st.sampled_from([0.0, 1.0, 100.0]),
+    step_size=st.sampled_from([0.0, 5.0, 20.0, 1000.0, math.nan]),
+    guided_fraction=st.sampled_from([0.0, 0.5, 1.0, math.nan]),
+    weight=st.sampled_from([0.0, 1.0, 100.0, math.nan]),
     words=st.one_of(st.just(""), st.lists(word, max_size=3).map(", ".join), st.text(max_size=20)),
 )
+
+
+# --- the guided sampler ------------------------------------------------------------------------------------------
+
+GUIDED_SAMPLERS = ("euler", "dpmpp_2m", "euler_ancestral", "heun", "ddim", "lms")
+guided_prompts = st.one_of(sentence, prompts, comfy_syntax)
+
+
+def guided_variant(index: int) -> tuple[str, str, str]:
+    """(method, guidance_mode, sampler) of the ``index``-th prompt sent through the guided sampler: every method in
+    both modes, with the samplers in turn."""
+    return (METHODS[index % len(METHODS)], GUIDANCE_MODES[index // len(METHODS) % len(GUIDANCE_MODES)],
+            GUIDED_SAMPLERS[index % len(GUIDED_SAMPLERS)])
 
 
 # --- how a run of N prompts is shared out ------------------------------------------------------------------------
