@@ -15,7 +15,7 @@ from fuzz_checks import REFUSED, VALID_CONFIG, check_config
 from fuzz_inputs import ConfigCase, config_cases
 from hypothesis import HealthCheck, event, given, settings
 
-N_CASES = 1000
+N_CASES = 600
 FUZZ = settings(max_examples=N_CASES, deadline=None, derandomize=True, database=None, print_blob=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example,
                                        HealthCheck.function_scoped_fixture])
