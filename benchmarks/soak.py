@@ -28,6 +28,7 @@ Last line (one line; wrapped here):
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import re
 import shutil
@@ -163,6 +164,15 @@ def summary_line(results: list[Result], jobs: list[Job], rss_growth: float) -> s
             f"interrupts_ok={ok_cancels}/{cancels}")
 
 
+def log_exceptions(log: str) -> collections.Counter[str]:
+    """The exception line ending each traceback in a server log, counted."""
+    found: collections.Counter[str] = collections.Counter()
+    for block in log.split("Traceback (most recent call last):")[1:]:
+        line = next((ln for ln in block.splitlines()[1:] if ln and not ln[0].isspace()), "?")
+        found[line[:160]] += 1
+    return found
+
+
 def main() -> None:
     args = parse_args()
     checkpoint = checkpoint_file()
@@ -195,6 +205,9 @@ def main() -> None:
                 print(f"RSS after {warmup} warm-up jobs: {rss_warm:.0f} MB", flush=True)
         if server.process.poll() is None:
             rss_end = rss_mb(server.process.pid)
+            history = server.request("/history", timeout=120)[1]
+            print(f"history held by the server: {len(json.loads(history))} entries, {len(history) / 2**20:.1f} MB "
+                  "as JSON", flush=True)
         log = server.log_text()[startup_log:]
     finally:
         server.stop()
@@ -204,8 +217,8 @@ def main() -> None:
     print(f"RSS at the end: {rss_end:.0f} MB; {time.monotonic() - started:.0f} s in all"
           f"{'; server folder kept at ' + str(work) if args.keep else ''}")
     print(f"bad inputs that ran anyway: {accepted or 'none'}")
-    print(f"server log after start-up: {log.count('Traceback')} tracebacks, "
-          f"{log.count('invalid value encountered')} 'invalid value encountered' warnings")
+    print(f"server log after start-up: {log.count('invalid value encountered')} 'invalid value encountered' "
+          f"warnings; tracebacks: {dict(log_exceptions(log)) or 'none'}")
     print(summary_line(results, jobs, rss_end - rss_warm if rss_end and rss_warm else float("nan")))
 
 
