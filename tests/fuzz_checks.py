@@ -214,6 +214,8 @@ def check_override(prompt: str, override: str, valid: bool, clip: Any) -> str:
 # --- Binding Loss Config -----------------------------------------------------------------------------------------
 
 VALID_CONFIG, REFUSED = "valid", "refused"
+WIDGET_KEYS = {"step_size": "scale_factor"}
+"""Widgets whose hyperparameter has another name (errors may name either)."""
 
 
 def _call_with(function: Callable[..., Any], inputs: dict) -> Any:
@@ -225,7 +227,7 @@ def _call_with(function: Callable[..., Any], inputs: dict) -> Any:
 def names_an_input(message: str, inputs: dict) -> bool:
     """Whether an error message names the input it is about: a widget, or a key written in ``advanced``."""
     keys = {line.split("#", 1)[0].split("=", 1)[0].strip() for line in str(inputs.get("advanced", "")).splitlines()}
-    names = {*inputs, *(k for k in keys if k)}
+    names = {*inputs, *(k for k in keys if k), *(WIDGET_KEYS[name] for name in inputs if name in WIDGET_KEYS)}
     return any(name in message for name in names)
 
 
