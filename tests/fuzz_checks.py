@@ -246,22 +246,24 @@ def nonfinite_values(value: Any, name: str = "config", depth: int = 0) -> list[s
     return []
 
 
-def check_config(node_class: type, inputs: dict) -> tuple[str, list[str]]:
-    """Validate and build one Binding Loss Config as ComfyUI would: ``VALIDATE_INPUTS``, then ``configure``.
+def check_config(node_class: type, inputs: dict, *, linked: bool = False) -> tuple[str, list[str]]:
+    """Build one Binding Loss Config as ComfyUI would: ``VALIDATE_INPUTS``, then, if that passed, ``configure``.
 
-    Returns ``(VALID_CONFIG, non-finite hyperparameters)`` or ``(REFUSED, [])``. A refusal is a validation message
-    or, where validation passed, a ValueError from ``configure``; either must name the input. Validation and
-    ``configure`` must agree. Anything else raises.
+    With ``linked``, ``advanced`` comes from another node's output: ComfyUI cannot validate it, so ``configure``
+    alone runs. Returns ``(VALID_CONFIG, non-finite hyperparameters)`` or ``(REFUSED, [])``. A refusal is a
+    validation message or a ValueError from ``configure``, and it must name the input; anything else raises.
     """
-    verdict = _call_with(node_class.VALIDATE_INPUTS, inputs)
-    require(verdict is True or isinstance(verdict, str), f"VALIDATE_INPUTS returned {verdict!r}")
-    require(verdict is True or names_an_input(verdict, inputs), f"validation message names no input: {verdict}")
+    if not linked:
+        verdict = _call_with(node_class.VALIDATE_INPUTS, inputs)
+        require(verdict is True or isinstance(verdict, str), f"VALIDATE_INPUTS returned {verdict!r}")
+        if verdict is not True:
+            require(names_an_input(verdict, inputs), f"validation message names no input: {verdict}")
+            return REFUSED, []
     try:
         config = node_class().configure(**inputs)[0]
-    except ValueError as error:  # after a refusal at validation ComfyUI shows that message and never runs the node
-        require(verdict is not True or names_an_input(str(error), inputs), f"error names no input: {error}")
+    except ValueError as error:
+        require(names_an_input(str(error), inputs), f"error names no input: {error}")
         return REFUSED, []
-    require(verdict is True, f"validation refused ({verdict}) what configure accepts")
     require(hasattr(config, "objective"), f"configure returned {config!r}")
     return VALID_CONFIG, nonfinite_values(config)
 
