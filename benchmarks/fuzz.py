@@ -13,7 +13,9 @@ many more inputs:
   16×16 latent, each with the next method / guidance mode / sampler of ``fuzz_inputs.guided_variant``;
 - ``--configs`` generated Binding Loss Config inputs (default 10,000) with fuzzed ``advanced`` text: each builds a
   config or is refused with a ValueError naming the input (``fuzz_checks.check_config``). Configs built with a
-  non-finite hyperparameter are counted (``advanced_nonfinite``): #16 wants those refused at validation.
+  non-finite hyperparameter are counted (``advanced_nonfinite``): #16 wants those refused at validation. Each
+  case also runs as if ``advanced`` were linked from another node (no validation, ``configure`` alone):
+  ``linked_crashes`` / ``linked_inconsistent``, not part of ``crashes`` / ``inconsistent``.
 
 Prints each failure (the input, truncated) and, last, one line:
 
@@ -156,15 +158,16 @@ def fuzz_configs(args: argparse.Namespace, tally: Tally, node_class: type) -> No
     started = time.perf_counter()
 
     def body(case: inputs.ConfigCase) -> None:
-        def call() -> str:
-            outcome, nonfinite = checks.check_config(node_class, case.inputs())
-            if nonfinite:
+        def call(linked: bool) -> str:
+            outcome, nonfinite = checks.check_config(node_class, case.inputs(), linked=linked)
+            if nonfinite and not linked:
                 tally.counts["advanced_nonfinite"] += 1
                 if tally.counts["advanced_nonfinite"] <= 5:
                     tally.failures.append(f"[advanced] built with non-finite {nonfinite}\n    input: {case!r:.300}")
             return outcome
 
-        tally.run("advanced", call, case)
+        tally.run("advanced", lambda: call(False), case)
+        tally.run("linked", lambda: call(True), case)
 
     hypothesis_run(inputs.config_cases, args.configs, args.seed * 100 + 99, body)
     print(f"advanced: {args.configs} configs in {time.perf_counter() - started:.0f} s", flush=True)
@@ -190,7 +193,8 @@ def main() -> None:
           f"inconsistent={tally.total('inconsistent')} advanced={advanced} "
           f"override={counts['campaign:override']} sampled={sampled} "
           f"sample_every={args.sample_every} advanced_valid={counts['advanced:' + checks.VALID_CONFIG]} "
-          f"advanced_refused={counts['advanced:' + checks.REFUSED]} advanced_nonfinite={counts['advanced_nonfinite']}")
+          f"advanced_refused={counts['advanced:' + checks.REFUSED]} advanced_nonfinite={counts['advanced_nonfinite']} "
+          f"linked_crashes={counts['linked:crash']} linked_inconsistent={counts['linked:inconsistent']}")
 
 
 if __name__ == "__main__":
