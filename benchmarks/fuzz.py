@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import collections
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -151,7 +152,8 @@ def fuzz_prompts(args: argparse.Namespace, tally: Tally, rig: checks.GuidedRig |
 
         hypothesis_run(inputs.CAMPAIGN_STRATEGIES[campaign.name], size, args.seed * 100 + number, body)
         print(f"{campaign.name}: {tally.counts[f'campaign:{campaign.name}']} prompts in "
-              f"{time.perf_counter() - started:.0f} s", flush=True)
+              f"{time.perf_counter() - started:.0f} s; so far crashes={tally.total('crash')} "
+              f"inconsistent={tally.total('inconsistent')}", flush=True)
 
 
 def fuzz_configs(args: argparse.Namespace, tally: Tally, node_class: type) -> None:
@@ -173,13 +175,21 @@ def fuzz_configs(args: argparse.Namespace, tally: Tally, node_class: type) -> No
     print(f"advanced: {args.configs} configs in {time.perf_counter() - started:.0f} s", flush=True)
 
 
+def stop_on_sigterm(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> None:
     args = parse_args()
     started = time.perf_counter()
     rig = load_guided_rig()
     tally = Tally()
-    fuzz_prompts(args, tally, rig if args.sample_every else None)
-    fuzz_configs(args, tally, rig.nodes["BindingLossConfig"])
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
+    try:
+        fuzz_prompts(args, tally, rig if args.sample_every else None)
+        fuzz_configs(args, tally, rig.nodes["BindingLossConfig"])
+    except KeyboardInterrupt:  # stopped early: report what ran
+        print("stopped before the end: the figures below cover the inputs that ran", flush=True)
     for failure in tally.failures:
         print(failure)
     counts = tally.counts
