@@ -183,6 +183,7 @@ def main() -> None:
     jobs = job_plan(checkpoint.name, args.jobs)
     warmup = warmup_count(checkpoint.name, args.jobs)
     results: list[Result] = []
+    rss_series: list[float] = [0.0]
     rss_warm = rss_end = 0.0
     started = time.monotonic()
     server = ComfyServer(work, checkpoint.parent).start()
@@ -194,14 +195,16 @@ def main() -> None:
             result = run_job(server, job, args.job_timeout, delay)
             results.append(result)
             nan = [label for label, probe in result.probes.items() if probe["nonfinite"]]
-            print(f"[{index:3d}] {job.name}: {result.outcome} ({result.seconds:.1f} s)"
+            if server.process.poll() is None:
+                rss_series.append(rss_mb(server.process.pid))
+            print(f"[{index:3d}] {job.name}: {result.outcome} ({result.seconds:.1f} s, RSS {rss_series[-1]:.0f} MB)"
                   f"{' NaN in ' + ', '.join(nan) if nan else ''}{' - ' + result.detail if result.detail else ''}",
                   flush=True)
             if result.outcome == "crash":
                 print(server.log_tail())
                 break
             if index + 1 == warmup:
-                rss_warm = rss_mb(server.process.pid)
+                rss_warm = rss_series[-1]
                 print(f"RSS after {warmup} warm-up jobs: {rss_warm:.0f} MB", flush=True)
         if server.process.poll() is None:
             rss_end = rss_mb(server.process.pid)
@@ -214,7 +217,9 @@ def main() -> None:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     accepted = sorted({job.name for job, r in zip(jobs, results, strict=False) if job.bad and r.outcome == "ok"})
-    print(f"RSS at the end: {rss_end:.0f} MB; {time.monotonic() - started:.0f} s in all"
+    after = rss_series[warmup + 1:] or [float("nan")]
+    print(f"RSS at the end: {rss_end:.0f} MB (after the warm-up: min {min(after):.0f}, max {max(after):.0f}); "
+          f"{time.monotonic() - started:.0f} s in all"
           f"{'; server folder kept at ' + str(work) if args.keep else ''}")
     print(f"bad inputs that ran anyway: {accepted or 'none'}")
     print(f"server log after start-up: {log.count('invalid value encountered')} 'invalid value encountered' "
