@@ -37,3 +37,10 @@ def test_invalid_prompt_and_override_are_the_nodes_input_errors(rig: GuidedRig) 
     assert check_guided(rig, "a red car", syngen, mode="override", override="bike: red") == INPUT_ERROR
     assert check_guided(rig, "a red car", syngen, mode="override", override="car: red") == PARSED
     assert check_guided(rig, "a car", divide_and_bind) == INPUT_ERROR  # tv_bind needs a modifier: the sampler says so
+
+
+@pytest.mark.xfail(strict=True, raises=IndexError, reason="bug: ComfyUI's tokenizer (sd1_clip._try_get_embedding) "
+                   "raises IndexError on this embedding name when the CLIP has an embedding folder, and Parse Bindings "
+                   "lets it escape instead of a PromptError (found by benchmarks/fuzz.py)")
+def test_embedding_name_comfyui_cannot_tokenize_is_a_prompt_error(rig: GuidedRig) -> None:
+    assert check_guided(rig, "embedding:(🏎🎛🎛)", guided_variant(0)) == INPUT_ERROR
