@@ -1,25 +1,13 @@
 """Pure-torch losses for binding guidance: map processing, distances, per-method losses, schedules.
 
-Imports only torch and the standard library (never ComfyUI or the rest of the pack).
+Imports only torch, the standard library and the pack's pure ``settings`` (never ComfyUI).
 """
 
-from .attend_excite import attend_excite_loss, attend_excite_maxima, subject_maps
+from .attend_excite import AttendExciteObjective, attend_excite_loss, attend_excite_maxima, subject_maps
 from .base import LossResult, Objective, Refinement
 from .distances import entropy, jsd, kl_divergence, pairwise_symmetric_kl, symmetric_kl
-from .divide_bind import DivideBindBreakdown, binding_jsd, divide_bind_breakdown, divide_bind_loss
-from .objectives import (
-    METHODS,
-    AttendExciteObjective,
-    DivideBindObjective,
-    ObjectiveChain,
-    SynGenEntropyObjective,
-    SynGenObjective,
-    TSAMObjective,
-    attribute_words,
-    default_params,
-    make_objective,
-    subject_words,
-)
+from .divide_bind import DivideBindBreakdown, DivideBindObjective, binding_jsd, divide_bind_breakdown, divide_bind_loss
+from .objectives import METHODS, ObjectiveChain, default_params, make_objective, method_settings
 from .schedules import (
     decaying_step_size,
     divide_bind_weight,
@@ -30,10 +18,20 @@ from .schedules import (
     tsam_threshold,
 )
 from .smoothing import downsample_nearest, gaussian_kernel, gaussian_smooth, gaussian_taps
-from .syngen import PairTerm, SynGenBreakdown, syngen_breakdown, syngen_entropy_loss, syngen_loss
+from .subjects import attribute_words, subject_words
+from .syngen import (
+    PairTerm,
+    SynGenBreakdown,
+    SynGenEntropyObjective,
+    SynGenObjective,
+    syngen_breakdown,
+    syngen_entropy_loss,
+    syngen_loss,
+)
 from .token_maps import token_softmax
 from .total_variation import total_variation
 from .tsam import (
+    TSAMObjective,
     cross_attention_similarity,
     row_normalize,
     text_attention_matrix,
@@ -83,6 +81,7 @@ __all__ = [
     "jsd",
     "kl_divergence",
     "make_objective",
+    "method_settings",
     "pairwise_symmetric_kl",
     "refinement_indices",
     "refinement_phase",

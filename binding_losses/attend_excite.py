@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
+from ..settings import Bounds, setting
 from ._util import as_batched, check_positions, zero_total
+from .base import ITERATIONS, UNIT_THRESHOLDS, LossResult, Refinement, fp32_maps, metric_above, select_main_level
+from .schedules import AE_THRESHOLDS
 from .smoothing import DEFAULT_KERNEL_SIZE, DEFAULT_SIGMA, gaussian_smooth
+from .subjects import SubjectObjective, subject_words
 from .token_maps import CHUNK_SIZE, ColumnRange, token_softmax, word_maps
-from .types import Word
+from .types import AttentionLevel, TokenLayout, Word
+
+KERNEL_SIZES = (1, 3, 5, 7, 9)
+SIGMA = Bounds(0.0, 10.0, exclusive_minimum=True)
 
 
 def subject_maps(
@@ -76,3 +85,48 @@ def attend_excite_loss(
         sigma=sigma,
     )
     return (1.0 - maxima).clamp(min=0.0).amax(dim=-1)
+
+
+@dataclass
+class AttendExciteObjective(SubjectObjective):
+    """Attend-and-Excite (spec §4): refine at {0, 0.2N, 0.4N} while the loss is above 1 - threshold."""
+
+    name: ClassVar[str] = "attend_and_excite"
+    thresholds: tuple[float, float, float] = setting(
+        AE_THRESHOLDS,
+        "smallest max attention each subject must reach at the three refinement points (refinement continues "
+        "while the loss is above 1 - threshold)",
+        bounds=UNIT_THRESHOLDS,
+    )
+    max_refinement_steps: int = setting(
+        20, "most refinement iterations at one refinement point", bounds=ITERATIONS,
+        hint="use 'refine = false' to switch refinement off",
+    )
+    kernel_size: int = setting(DEFAULT_KERNEL_SIZE, "Gaussian smoothing kernel size (odd)", choices=KERNEL_SIZES)
+    sigma: float = setting(DEFAULT_SIGMA, "Gaussian smoothing sigma", bounds=SIGMA)
+
+    def loss(self, attn: Mapping[int, AttentionLevel], layout: TokenLayout, step: int, num_steps: int,
+             text_self_attention: torch.Tensor | None = None) -> LossResult:
+        """A&E loss on the main level; ``terms["maxima"]`` is ``[B, S]``."""
+        maps = fp32_maps(select_main_level(attn))
+        subjects = subject_words(layout)
+        if not subjects:
+            zero = zero_total(maps)
+            return LossResult(total=zero, metric=zero.detach(), terms={})
+        maxima = attend_excite_maxima(
+            maps,
+            subjects,
+            smooth=self.smooth,
+            scale=self.softmax_scale,
+            keep=self.softmax_columns(layout, maps.shape[1]),
+            kernel_size=self.kernel_size,
+            sigma=self.sigma,
+        )
+        total = (1.0 - maxima).clamp(min=0.0).amax(dim=-1)
+        return LossResult(total=total, metric=total.detach(), terms={"maxima": maxima.detach()})
+
+    def refinement_at(self, phase: int) -> Refinement:
+        """Continue while loss > 1 - threshold, at most ``max_refinement_steps`` (``stop_rule`` faithful: judged
+        one update late, as the reference)."""
+        rule = metric_above(1.0 - self.thresholds[phase])
+        return Refinement(self.max_refinement_steps, rule, lagged=self.stop_rule == "faithful")

@@ -2,18 +2,30 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
+from ..settings import Bounds, setting
 from ._util import as_batched, zero_total
 from .attend_excite import subject_maps
+from .base import WEIGHT, LossResult, Refinement, fp32_maps, metric_below, select_main_level
 from .distances import jsd
-from .smoothing import DEFAULT_KERNEL_SIZE, DEFAULT_SIGMA
+from .schedules import (
+    DB_BIND_WEIGHTS,
+    DB_MAX_THRESHOLDS,
+    DB_REFINEMENT_CAPS,
+    DB_TV_THRESHOLDS,
+    divide_bind_refinement_caps,
+    divide_bind_weight,
+)
+from .smoothing import DEFAULT_KERNEL_SIZE, DEFAULT_SIGMA, downsample_nearest
+from .subjects import SubjectObjective, attribute_words, subject_words
 from .token_maps import CHUNK_SIZE, ColumnRange
-from .total_variation import total_variation
-from .types import Word
+from .total_variation import TV_VARIANTS, total_variation
+from .types import AttentionLevel, TokenLayout, Word
 
 DB_MODES = ("tv_bind", "tv", "max", "tv_max")
 BIND_FLOOR = 1e-5
@@ -150,3 +162,114 @@ def divide_bind_loss(
         kernel_size=kernel_size,
         sigma=sigma,
     ).total
+
+
+DB_THRESHOLDS = Bounds(0.0, 1000.0)
+"""D&B refinement thresholds: on total variation (the ``paper`` variant sums, so it can exceed 1) or on max
+attention (``max`` mode)."""
+
+
+@dataclass
+class DivideBindObjective(SubjectObjective):
+    """Divide & Bind (spec §5), ``tv_bind`` by default; refine while min TV is below the threshold.
+
+    Attribute maps come from levels ``main/2`` and ``main/4`` (32x32 and 64x64 at a 16x16 main level),
+    downsampled nearest to the main resolution and merged by map count; if neither level is present the main
+    level is used. ``thresholds=None`` picks (0.05, 0.2, 0.3) for TV modes and (0.05, 0.5, 0.8) for ``max``.
+    """
+
+    name: ClassVar[str] = "divide_and_bind"
+    loss_mode: str = setting(
+        "tv_bind",
+        "`tv_bind` = attendance (total variation) + binding; `tv` attendance only; `max`/`tv_max` use A&E's max "
+        "instead",
+        choices=DB_MODES,
+    )
+    tv_variant: str = setting("faithful", "total-variation formula (`faithful` = reference code)", choices=TV_VARIANTS)
+    thresholds: tuple[float, float, float] | None = setting(
+        None,
+        "refinement thresholds at the three refinement points; none: (0.05, 0.2, 0.3), or (0.05, 0.5, 0.8) with "
+        "`loss_mode = max`",
+        bounds=DB_THRESHOLDS,
+    )
+    refinement_caps: str = setting(
+        "paper",
+        "iteration caps at the refinement points: paper (50, 20, 20), in `max` mode (20, 20, 20); latest "
+        "(100, 50, 50)",
+        choices=tuple(DB_REFINEMENT_CAPS),
+    )
+    bind_weights: tuple[float, float, float] = setting(
+        DB_BIND_WEIGHTS, "binding-term weight λ in the three stages (i < 0.2 N, < 0.4 N, later)", bounds=WEIGHT
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.thresholds is None:
+            self.thresholds = DB_MAX_THRESHOLDS if self.loss_mode == "max" else DB_TV_THRESHOLDS
+
+    def requirement_error(self, layout: TokenLayout) -> str | None:
+        """tv_bind's binding term needs an attribute (a modifier) on at least one subject."""
+        if self.loss_mode == "tv_bind" and not any(word is not None for word in attribute_words(layout)):
+            return ("divide_and_bind with loss_mode 'tv_bind' needs a modifier on at least one noun, and the "
+                    "bindings have none. Add attributes to the prompt, or set 'loss_mode = tv' in advanced "
+                    "(attendance only).")
+        return None
+
+    def levels(self, main_factor: int) -> set[int]:
+        """The main level, plus ``main/2`` and ``main/4`` (when >= 1) for ``tv_bind``'s attribute maps."""
+        out = {main_factor}
+        if self.loss_mode == "tv_bind":
+            out |= {f for f in (main_factor // 2, main_factor // 4) if f >= 1}
+        return out
+
+    def _attribute_source(
+        self, attn: Mapping[int, AttentionLevel], main: int, size: tuple[int, int]
+    ) -> torch.Tensor | None:
+        """Attribute maps: levels ``main/2`` and ``main/4`` downsampled to ``size``, merged by map count."""
+        total: torch.Tensor | None = None
+        count = 0
+        for factor in sorted({main // 2, main // 4}):
+            if factor < 1 or factor == main or factor not in attn:
+                continue
+            level = attn[factor]
+            weight = max(int(level.count), 1)
+            maps = downsample_nearest(fp32_maps(level), size) * weight
+            total = maps if total is None else total + maps
+            count += weight
+        return None if total is None else total / count
+
+    def loss(self, attn: Mapping[int, AttentionLevel], layout: TokenLayout, step: int, num_steps: int,
+             text_self_attention: torch.Tensor | None = None) -> LossResult:
+        """D&B loss; ``metric`` is the refinement indicator (min TV, or min max-attention in ``max`` mode)."""
+        maps = fp32_maps(select_main_level(attn))
+        attributes = attribute_words(layout)
+        source = None
+        if self.loss_mode == "tv_bind" and any(attributes):
+            source = self._attribute_source(attn, max(attn), (maps.shape[-2], maps.shape[-1]))
+        weight = divide_bind_weight(step, num_steps, self.bind_weights)
+        out = divide_bind_breakdown(
+            maps,
+            subject_words(layout),
+            source,
+            attributes,
+            bind_weight=weight,
+            mode=self.loss_mode,
+            tv_variant=self.tv_variant,
+            smooth=self.smooth,
+            scale=self.softmax_scale,
+            keep=self.softmax_columns(layout, maps.shape[1]),
+        )
+        terms = {
+            "tv": out.tv.detach(),
+            "maxima": out.maxima.detach(),
+            "bind_jsd": out.bind_jsd.detach(),
+            "bind_weight": torch.tensor(weight),
+        }
+        return LossResult(total=out.total, metric=out.indicator, terms=terms)
+
+    def refinement_at(self, phase: int) -> Refinement:
+        """Continue while the indicator is below the threshold, up to the cap (``stop_rule`` faithful: judged one
+        update late, as the reference)."""
+        assert self.thresholds is not None
+        cap = divide_bind_refinement_caps(self.refinement_caps, self.loss_mode)[phase]
+        return Refinement(cap, metric_below(self.thresholds[phase]), lagged=self.stop_rule == "faithful")

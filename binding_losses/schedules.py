@@ -23,12 +23,11 @@ DB_MAX_THRESHOLDS = (0.05, 0.5, 0.8)
 DB_REFINEMENT_CAPS = {"paper": (50, 20, 20), "latest": (100, 50, 50)}
 """D&B iteration caps at the three refinement points: paper-era pipeline vs the latest pipeline."""
 
+DB_PAPER_MAX_MODE_CAPS = (20, 20, 20)
+"""Paper-era D&B caps in ``max`` mode: its notebooks' ``default_param`` caps the first refinement at 20 there."""
+
 DB_BIND_WEIGHTS = (1.0, 5.0, 10.0)
 """D&B λ for the binding term: i < 10, 10 <= i < 20, i >= 20 (scaled for N != 50)."""
-
-TSAM_REFERENCE_TAUS = {5: 0.56, 6: 0.70, 7: 0.84}
-"""The T-SAM reference threshold table, keyed by the number of prompt tokens n."""
-
 
 def round_half_up(value: float) -> int:
     """Round to the nearest integer, halves up (``round(12.5) == 13``), tolerant of float noise."""
@@ -86,13 +85,17 @@ def divide_bind_weight(step: int, num_steps: int, weights: tuple[float, float, f
     return float(weights[stage(step, num_steps)])
 
 
-def tsam_threshold(num_tokens: int, mode: str = "faithful") -> float:
-    """T-SAM refinement threshold τ(n) for n prompt tokens.
+def divide_bind_refinement_caps(caps: str, loss_mode: str) -> tuple[int, int, int]:
+    """D&B iteration caps at the three refinement points for ``caps`` ("paper" or "latest") and a loss mode."""
+    if caps == "paper" and loss_mode == "max":
+        return DB_PAPER_MAX_MODE_CAPS
+    return DB_REFINEMENT_CAPS[caps]
 
-    ``"faithful"`` uses the reference table for n in {5, 6, 7}. The reference raises ``KeyError`` for any
-    other n; here faithful mode instead falls back to the generalised ``0.14 * (n - 1)`` (which the table
-    equals). ``"fixed"`` always uses ``0.14 * (n - 1)``.
+
+def tsam_threshold(num_tokens: int) -> float:
+    """T-SAM refinement threshold τ(n) = 0.14 (n - 1) for n prompt tokens, in double precision.
+
+    The reference holds τ for n in {5, 6, 7} only (``KeyError`` for any other n) and computes it as this product,
+    so τ(6) is 0.7000000000000001, not 0.7; every n here uses the same product (docs/refinement.md).
     """
-    if mode == "faithful" and num_tokens in TSAM_REFERENCE_TAUS:
-        return TSAM_REFERENCE_TAUS[num_tokens]
     return 0.14 * (num_tokens - 1)

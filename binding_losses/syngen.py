@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 
+from ..settings import Bounds, setting
 from ._util import as_batched, check_positions, zero_total
+from .base import ConstantSchedule, LossResult, fp32_maps, select_main_level
 from .distances import entropy, pairwise_symmetric_kl
-from .types import TokenBinding, Word
+from .types import AttentionLevel, TokenBinding, TokenLayout, Word
 
 ENTROPY_NEG_MODES = ("as_written", "prose_intent")
 
@@ -146,3 +149,57 @@ def syngen_entropy_loss(
         gamma_entropy=gamma_entropy,
         entropy_neg_mode=entropy_neg_mode,
     ).total
+
+
+ENTROPY_WEIGHT = Bounds(0.0, 10.0)
+
+
+@dataclass
+class SynGenObjective(ConstantSchedule):
+    """SynGen (spec §2): constant step 20 at loop indices i < round(0.5 N), no refinement."""
+
+    name: ClassVar[str] = "syngen"
+    include_entities: bool = setting(False, "`true` also guides nouns that have no modifier (negative term only)")
+    """Reference default False: entities without modifiers get no set."""
+
+    def _breakdown_kwargs(self) -> dict[str, Any]:
+        return {}
+
+    def _bindings(self, layout: TokenLayout) -> tuple:
+        if self.include_entities:
+            return tuple(layout.bindings)
+        return tuple(binding for binding in layout.bindings if binding.modifiers)
+
+    def active(self, layout: TokenLayout) -> bool:
+        """SynGen guides only when some entity has a modifier (or every entity, with ``include_entities``)."""
+        return bool(self._bindings(layout))
+
+    def loss(self, attn: Mapping[int, AttentionLevel], layout: TokenLayout, step: int, num_steps: int,
+             text_self_attention: torch.Tensor | None = None) -> LossResult:
+        """SynGen loss on the main level's raw maps."""
+        maps = fp32_maps(select_main_level(attn))
+        out = syngen_breakdown(maps, self._bindings(layout), layout.prompt_positions, **self._breakdown_kwargs())
+        terms = {"positive": out.positive.detach(), "negative": out.negative.detach()}
+        return LossResult(total=out.total, metric=out.total.detach(), terms=terms)
+
+
+@dataclass
+class SynGenEntropyObjective(SynGenObjective):
+    """Entropy-SynGen (spec §3): SynGen plus λ·(H_m + H_n) and the γ·H(A_u) term; same schedule."""
+
+    name: ClassVar[str] = "syngen_entropy"
+    lambda_entropy: float = setting(0.05, "weight λ of the modifier and noun entropy term", bounds=ENTROPY_WEIGHT)
+    gamma_entropy: float = setting(0.05, "weight γ of the unrelated-token entropy term", bounds=ENTROPY_WEIGHT)
+    entropy_neg_mode: str = setting(
+        "as_written",
+        "how the negative entropy term is read from the paper: `as_written` (the printed formula) or "
+        "`prose_intent` (the sign the text describes)",
+        choices=ENTROPY_NEG_MODES,
+    )
+
+    def _breakdown_kwargs(self) -> dict[str, Any]:
+        return {
+            "lambda_entropy": self.lambda_entropy,
+            "gamma_entropy": self.gamma_entropy,
+            "entropy_neg_mode": self.entropy_neg_mode,
+        }

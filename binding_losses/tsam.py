@@ -2,13 +2,29 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch.nn import functional
 
-from ._util import as_batched, check_positions
+from ..settings import Bounds, setting
+from ._util import as_batched, check_positions, zero_total
+from .base import (
+    FRACTION,
+    ITERATIONS,
+    STEP_SIZE,
+    DecayingSchedule,
+    LossResult,
+    Refinement,
+    fp32_maps,
+    select_main_level,
+)
+from .schedules import tsam_threshold
 from .smoothing import DEFAULT_KERNEL_SIZE, DEFAULT_SIGMA, gaussian_smooth
+from .token_maps import CHUNK_SIZE
+from .types import AttentionLevel, TokenLayout
 
 TSAM_LOSS_TYPES = ("code", "paper")
 
@@ -112,3 +128,89 @@ def tsam_loss(
     else:
         terms = tsam_paper_row_terms(text, similarity)
     return terms.sum(dim=-1)
+
+
+TSAM_POWER = Bounds(0.0, 10.0, exclusive_minimum=True)
+TSAM_ROW_WEIGHT = Bounds(0.0, 10.0)
+
+
+@dataclass
+class TSAMObjective(DecayingSchedule):
+    """T-SAM (spec §6). ``loss_type="code"`` (default: step 5, i < 0.6 N) or ``"paper"`` (step 10, i < 0.5 N);
+    ``scale_factor`` / ``guided_fraction`` left as ``None`` take the loss type's defaults.
+
+    Refinement runs at every refinement point (no entry test), up to ``refinement_iterations`` (30).
+    ``stop_rule="faithful"`` keeps the reference's inverted rule: after ``break_iteration`` (20) updates it
+    stops if the loss of the latent before the last update is still above τ(n), otherwise runs on to 30.
+    ``"fixed"`` stops as soon as the newest latent's loss is <= τ(n). τ(n) = 0.14 (n - 1) for every n (the
+    reference raises ``KeyError`` outside n in {5, 6, 7}).
+
+    ``text_self_attention`` passed to :meth:`loss` is the raw T' averaged over layers and heads,
+    ``[L, L]`` or ``[B, L, L]``, including SOT at 0 and EOT at n + 1 (``L >= n + 2``, e.g. the full 77x77);
+    an ``[n, n]`` matrix is taken as an already prepared T. Only first-chunk prompt tokens are used.
+    """
+
+    name: ClassVar[str] = "tsam"
+    scale_factor: float | None = setting(  # type: ignore[assignment]
+        None, "latent step size; none: 5 (`loss_type = code`) or 10 (`paper`)", bounds=STEP_SIZE
+    )
+    guided_fraction: float | None = setting(  # type: ignore[assignment]
+        None, "fraction of the steps that are guided; none: 0.6 (`code`) or 0.5 (`paper`)", bounds=FRACTION
+    )
+    loss_type: str = setting("code", "the loss as in the reference code or as in the paper", choices=TSAM_LOSS_TYPES)
+    power: float = setting(3.0, "exponent k applied to the text self-attention", bounds=TSAM_POWER)
+    row_weight: float = setting(0.2, "weight of the row term (`loss_type = code`)", bounds=TSAM_ROW_WEIGHT)
+    refinement_iterations: int = setting(
+        30, "most refinement iterations at a refinement point", bounds=ITERATIONS,
+        hint="use 'refine = false' to switch refinement off",
+    )
+    break_iteration: int = setting(20, "iteration after which the stop rule applies", bounds=Bounds(0, 1000))
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.scale_factor is None:
+            self.scale_factor = 5.0 if self.loss_type == "code" else 10.0
+        if self.guided_fraction is None:
+            self.guided_fraction = 0.6 if self.loss_type == "code" else 0.5
+
+    def loss(self, attn: Mapping[int, AttentionLevel], layout: TokenLayout, step: int, num_steps: int,
+             text_self_attention: torch.Tensor | None = None) -> LossResult:
+        """T-SAM loss; ``terms["num_tokens"]`` carries n for the refinement threshold."""
+        maps = fp32_maps(select_main_level(attn))
+        positions = [p for p in layout.prompt_positions if p < CHUNK_SIZE]
+        n = len(positions)
+        n_term = torch.tensor(float(n))
+        if n < 2:
+            zero = zero_total(maps)
+            return LossResult(total=zero, metric=zero.detach(), terms={"num_tokens": n_term})
+        if text_self_attention is None:
+            raise ValueError("the T-SAM objective needs text_self_attention (the CLIP text self-attention T')")
+        raw = text_self_attention.to(device=maps.device, dtype=torch.float32)
+        if raw.shape[-1] == n:
+            text = raw
+        elif raw.shape[-1] >= n + 2:
+            text = text_attention_matrix(raw, eot_index=n + 1, power=self.power)
+        else:
+            raise ValueError(f"text_self_attention is {tuple(raw.shape)}; need [.., L, L] with L >= {n + 2} or = {n}")
+        similarity = cross_attention_similarity(maps, positions, smooth=self.smooth)
+        if self.loss_type == "code":
+            rows = tsam_code_row_terms(text, similarity, self.row_weight)
+        else:
+            rows = tsam_paper_row_terms(text, similarity)
+        total = rows.sum(dim=-1)
+        return LossResult(total=total, metric=total.detach(), terms={"rows": rows.detach(), "num_tokens": n_term})
+
+    def refinement_at(self, phase: int) -> Refinement:
+        """Refinement at every refinement point while guided (see the class docstring for the stop rules)."""
+        faithful = self.stop_rule == "faithful"
+        break_at = self.break_iteration
+
+        def rule(result: LossResult, done: int) -> bool:
+            n = int(result.terms["num_tokens"].item()) if "num_tokens" in result.terms else 0
+            tau = tsam_threshold(n)
+            loss = result.metric.detach()
+            if faithful:
+                return done != break_at or bool((loss <= tau).any())
+            return bool((loss > tau).any())
+
+        return Refinement(self.refinement_iterations, rule, lagged=faithful)

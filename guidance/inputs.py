@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from ..binding_losses.types import TokenLayout
+from ..settings import Bounds, convert_fields, setting
+from .cpu_convolution import CPU_CONVOLUTION_CHOICES
 
 
 @dataclass(frozen=True)
@@ -22,37 +24,105 @@ class PromptBindings:
     table: Any = None
     """``tokens.TokenTable`` of the prompt for the connected CLIP."""
     text_self_attention: Any = None
-    """``[77, 77]`` CLIP self-attention of the prompt's first chunk (layer- and head-averaged), for T-SAM."""
+    """``[77, 77]`` CLIP self-attention of the prompt's first chunk (layer- and head-averaged), for T-SAM; when
+    ``None``, :meth:`text_self_attention_for` computes it from ``clip`` the first time a T-SAM objective asks."""
+    clip: Any = None
+    """The CLIP that encoded the prompt (T-SAM's text self-attention is computed from it only when needed)."""
+    fingerprint: Any = None
+    """``prompt_match.ConditioningFingerprint`` of the prompt's conditioning: the sampler refuses a positive
+    conditioning that does not match it. ``None`` (hand-built bindings): no check."""
+    positive_prompts: tuple[str, ...] = ()
+    """The positive prompt text(s) the sampler node read from the graph, for the mismatch message only."""
+    _lazy: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def is_empty(self) -> bool:
         """True when the prompt has no entity to guide; sampling then runs without guidance."""
         return not self.layout.bindings and not self.layout.subjects
 
+    def text_self_attention_for(self, objective: Any) -> Any:
+        """T-SAM's text self-attention when ``objective`` has a T-SAM term, else ``None`` (computed once, lazily)."""
+        if self.text_self_attention is not None:
+            return self.text_self_attention
+        if self.clip is None or "tsam" not in str(getattr(objective, "name", "")).split("+"):
+            return None
+        if "text_self_attention" not in self._lazy:
+            from ..attention_patch.text_attention import clip_text_self_attention
 
-@dataclass(frozen=True)
-class GuidanceConfig:
-    """How to guide (the BINDING_CONFIG type): the loss objective and where to read attention."""
+            self._lazy["text_self_attention"] = clip_text_self_attention(self.clip, self.prompt)
+        return self._lazy["text_self_attention"]
+
+
+MAIN_FACTORS = (1, 2, 4, 8)
+GUIDANCE_MODES = ("faithful", "fast")
+GUIDANCE_ATTENTION = ("sdpa", "comfy")
+@dataclass(frozen=True, kw_only=True)
+class GuidanceOptions:
+    """Sampler-level settings (the BINDING_OPTIONS type, from the Binding Guidance Options node). Each field is a
+    declared setting: its type, range and help text are here and nowhere else."""
+
+    main_factor: int = setting(
+        4,
+        "attention level the losses read, as a downsampling factor from the latent: 4 = 1/32 of the image side "
+        "(16×16 at 512 px SD1.x, 32×32 at 1024 px SDXL). Coarser levels (8) guide layout, finer ones (1, 2) "
+        "detail and cost more memory",
+        choices=MAIN_FACTORS,
+    )
+    stop_below: float | None = setting(
+        None,
+        "early exit: once the loss at a guided step is below this value, the remaining steps are not guided; "
+        "0 never stops early",
+        bounds=Bounds(0.0, 1e9),
+        off=0.0,
+    )
+    guidance_attention: str = setting(
+        "sdpa",
+        "attention kernel of the guidance pass outside the recorded layers: `sdpa` (PyTorch, has a backward on "
+        "every device) or `comfy` (the kernel ComfyUI chose for inference; use it only if sdpa fails on your "
+        "device)",
+        choices=GUIDANCE_ATTENTION,
+    )
+    cpu_convolution: str = setting(
+        "auto",
+        "on a CPU only: convolution kernel of the guidance pass. `auto` times oneDNN against PyTorch's native "
+        "kernel once per layer shape and uses the faster; `default` keeps PyTorch's choice, as ComfyUI's own "
+        "passes (use it for bit-reproducible CPU results: `auto` can choose differently after a restart); "
+        "`native` always uses PyTorch's native kernel",
+        choices=CPU_CONVOLUTION_CHOICES,
+    )
+    measure_after_step: bool = setting(
+        False,
+        "re-measure the loss after each update (one extra pass per guided step) so the sampler's report shows "
+        "what each step achieved; for diagnosis, it slows sampling",
+    )
+
+    def __post_init__(self) -> None:
+        convert_fields(self)
+
+
+SAMPLER_SETTINGS = tuple(item.name for item in fields(GuidanceOptions))
+"""The sampler-level settings (``GuidanceOptions``); older workflows set them in ``advanced``."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class GuidanceConfig(GuidanceOptions):
+    """How to guide (the BINDING_CONFIG type): the loss objective, the guidance mode and the sampler settings."""
 
     objective: Any
     """A ``binding_losses.objectives`` Objective (or ObjectiveChain)."""
-    main_factor: int = 4
-    """Preferred downsampling factor of the maps the losses read (4 = 16×16 at a 512 px SD1.x image)."""
+    mode: str = setting(
+        "faithful",
+        "faithful: a separate gradient pass before each guided step, as in the papers. fast: the gradient comes "
+        "from the step's own model call and moves the latent one step later, a little weaker; it saves time on "
+        "a CPU only (see the README's cost table). In a chain, the config connected to the sampler decides.",
+        choices=GUIDANCE_MODES,
+    )
     stop_forward_early: bool = True
     """End the guidance forward after the last layer whose maps are needed (identical gradients, less work)."""
     subject_words: tuple[str, ...] = ()
     """Explicit A&E / D&B subject words; empty means "the nouns of the bindings"."""
-    guidance_attention: str = "sdpa"
-    """Attention kernel of the guidance pass outside the recorded layers: "sdpa" (PyTorch, has a backward on every
-    device) or "comfy" (whatever ComfyUI selected for inference)."""
-    cpu_convolution: str = "auto"
-    """Convolution kernel of the guidance pass's differentiable part on CPU: "auto" (time oneDNN against PyTorch's
-    native kernel once per shape, use the faster), "default" (PyTorch's choice, as ComfyUI's passes) or "native"."""
-    stop_below: float | None = None
-    """Early exit: stop guiding once the loss at a guided step is below this value (None: never)."""
-    mode: str = "faithful"
-    """"faithful": a separate guidance forward before each guided step, as the references. "fast": the gradient
-    comes from the conditional rows of the step's own model call and moves the latent one step later."""
-    measure_after_step: bool = False
-    """Re-run the guidance forward after each update to record the loss it reached (tests and benchmarks)."""
     description: str = field(default="")
+
+    def options(self) -> GuidanceOptions:
+        """The sampler-level settings of this config."""
+        return GuidanceOptions(**{name: getattr(self, name) for name in SAMPLER_SETTINGS})

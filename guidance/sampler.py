@@ -24,6 +24,7 @@ from ..attention_patch import (
     require_unet,
 )
 from ..attention_patch.differentiable_attention import with_differentiable_attention
+from ..binding_losses.refinement import ProgressCallback, refine
 from ..binding_losses.types import TokenLayout
 from ..tokens import find_words
 from .cpu_convolution import guidance_convolutions
@@ -33,6 +34,7 @@ from .gradients import GradientOverflowError, LossScale, loss_and_gradient
 from .inference_tensors import release_inference_tensors
 from .inputs import GuidanceConfig, PromptBindings
 from .model_loading import require_classic, single_device
+from .prompt_match import matching_entry
 from .report import GuidanceReport, StepRecord
 from .step_plan import UNSUPPORTED_SAMPLERS, first_evaluation_calls
 
@@ -141,7 +143,7 @@ class GuidanceRun:
         problem = self.objective.requirement_error(self.layout) if self.active else None
         if problem is not None:
             raise BindingGuidanceError(f"config: {problem}")
-        self.text_attention = bindings.text_self_attention
+        self.text_attention = bindings.text_self_attention_for(self.objective)  # T-SAM only
         self.num_steps = num_steps
         base_model = guider.inner_model
         all_layers = require_unet(base_model)  # refuses DiT/MMDiT models, naming the family
@@ -157,8 +159,8 @@ class GuidanceRun:
         positive = guider.conds.get("positive") if hasattr(guider, "conds") else None
         if not positive:
             raise BindingGuidanceError("Binding guidance needs a positive conditioning; the guider has none.")
-        # The guidance forward uses the first positive entry only (the prompt that was parsed).
-        self.positive = positive[:1]
+        # The guidance forward uses the positive entry that comes from the parsed prompt; none: refused here.
+        self.positive = [matching_entry(bindings.fingerprint, positive, bindings.prompt, bindings.positive_prompts)]
         self._warned_non_finite = False
         self.stopped_early = False
         self._capture: _PendingCapture | None = None
@@ -304,6 +306,10 @@ class GuidanceRun:
     def _finite(self, loss: float, grad: torch.Tensor, step: int) -> bool:
         if math.isfinite(loss) and bool(torch.isfinite(grad).all()):
             return True
+        self._warn_non_finite(step)
+        return False
+
+    def _warn_non_finite(self, step: int) -> None:
         if not self._warned_non_finite:
             log.warning(
                 "Binding guidance: non-finite loss or gradient at step %d; skipping that update "
@@ -311,36 +317,45 @@ class GuidanceRun:
                 step,
             )
             self._warned_non_finite = True
-        return False
+
+    @staticmethod
+    def _refinement_progress() -> ProgressCallback:
+        """Refinement can take many UNet passes at one step: show them on the node's progress bar."""
+        bar: comfy.utils.ProgressBar | None = None
+
+        def advance(done: int, total: int) -> None:
+            nonlocal bar
+            if bar is None:
+                bar = comfy.utils.ProgressBar(total)
+            bar.update_absolute(done, total)
+
+        return advance
 
     def guide(self, x: torch.Tensor, sigma: torch.Tensor, step: int, denoise_mask: Any, model_options: dict) -> None:
         """Apply this step's guidance to the sampler's latent ``x`` in place."""
         if not self.wants_step(step) or self.stopped_early:
             return
         self._check_planned_sigma(sigma, step)
-        refinement = self.objective.refinement(step, self.num_steps)
         step_size = float(self.objective.step_size(step, self.num_steps))
         with torch.inference_mode(False), torch.enable_grad():
-            latent = x.detach().clone().float()
             sigma_work = sigma.detach().clone()
-            scale = self._update_scale(step_size, sigma_work, latent, denoise_mask)
-
-            result, grad, loss = self._loss_and_grad(latent, sigma_work, model_options, step)
-            loss_before, iterations, stepped, loss_after_step = loss, 0, False, None
-            usable = self._finite(loss, grad, step)
-            if usable and refinement is not None:
-                # Refinement can take many UNet passes at one step: show them on the node's progress bar.
-                progress = comfy.utils.ProgressBar(refinement.max_iterations)
-                while iterations < refinement.max_iterations and refinement.should_continue(result):
-                    progress.update(1)
-                    candidate = latent - scale * grad
-                    new_result, new_grad, new_loss = self._loss_and_grad(candidate, sigma_work, model_options, step)
-                    iterations += 1
-                    if not self._finite(new_loss, new_grad, step):
-                        break
-                    latent, result, grad, loss = candidate, new_result, new_grad, new_loss
+            start = x.detach().clone().float()
+            scale = self._update_scale(step_size, sigma_work, start, denoise_mask)
+            refined = refine(
+                lambda z: self._loss_and_grad(z, sigma_work, model_options, step)[:2],
+                start,
+                self.objective,
+                step,
+                self.num_steps,
+                scale,
+                on_iteration=self._refinement_progress(),
+            )
+            if refined.non_finite:
+                self._warn_non_finite(step)
+            latent, grad, loss = refined.z, refined.grad, refined.loss
+            stepped, loss_after_step = False, None
             if (
-                usable
+                refined.usable
                 and self.objective.guides(step, self.num_steps)
                 and loss != 0.0
                 and not self._reached_target(loss)
@@ -355,9 +370,9 @@ class GuidanceRun:
         record = StepRecord(
             step=step,
             sigma=float(sigma.flatten()[0]),
-            loss_before=loss_before,
+            loss_before=refined.initial_loss,
             loss_after_refinement=loss,
-            refinement_iterations=iterations,
+            refinement_iterations=refined.iterations,
             stepped=stepped,
             step_size=step_size,
             loss_after_step=loss_after_step,

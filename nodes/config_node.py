@@ -1,46 +1,49 @@
-"""Binding Loss Config: method and hyperparameters, chainable into a weighted sum of terms."""
+"""Binding Loss Config (method and hyperparameters, chainable into a weighted sum) and Binding Guidance Options
+(the sampler-level settings). Every widget's type and range comes from a declared setting.
+
+The sampler settings are a node of their own, not five more widgets on every config: they hold for the whole run,
+not for one loss term, so a chain needs them once; most workflows never touch them; and an optional link input
+adds no value to the config's ``widgets_values``, so workflows saved before it load unchanged.
+"""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
-from ..binding_losses.objectives import METHODS, ObjectiveChain, default_params, make_objective
-from ..guidance.cpu_convolution import CPU_CONVOLUTION_CHOICES
-from ..guidance.inputs import GuidanceConfig
+from ..binding_losses.objectives import METHODS, ChainTerm, ObjectiveChain, make_objective, method_settings
+from ..guidance.inputs import SAMPLER_SETTINGS, GuidanceConfig, GuidanceOptions
+from ..settings import SettingError, declared_settings, parse_advanced, settings_table, widget_spec
 
 CATEGORY = "sampling/binding_guidance"
 METHOD_ORDER = ["syngen", "syngen_entropy", "divide_and_bind", "attend_and_excite", "tsam"]
-GUIDANCE_MODES = ("faithful", "fast")
 
 
-def parse_advanced(text: str) -> dict[str, Any]:
-    """Read ``key = value`` lines (``#`` starts a comment) into typed values."""
-    params: dict[str, Any] = {}
-    for number, raw in enumerate(text.splitlines(), start=1):
-        line = raw.split("#", 1)[0].strip()
-        if not line:
-            continue
-        if "=" not in line:
-            raise ValueError(
-                f"advanced, line {number}: '{raw.strip()}' is not 'key = value' (e.g. 'tv_variant = fixed')."
-            )
-        key, value = (part.strip() for part in line.split("=", 1))
-        params[key] = _typed(value)
-    return params
+def _owners(key: str) -> list:
+    """Every declaration of ``key``: the methods' hyperparameters, then the sampler settings (older workflows)."""
+    found = [settings[key] for method in METHOD_ORDER if key in (settings := method_settings(method))]
+    options = declared_settings(GuidanceOptions)
+    return found + ([options[key]] if key in options else [])
 
 
-def _typed(value: str) -> Any:
-    lowered = value.lower()
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    if lowered in ("none", "null"):
-        return None
-    for cast in (int, float):
-        try:
-            return cast(value)
-        except ValueError:
-            pass
-    return value.strip("'\"")
+def check_advanced(text: str) -> None:
+    """Refuse what is wrong in ``advanced`` whatever the method: a malformed line, a key no method declares, or a
+    value outside its declared type and range (naming key, value, range and default). Whether a key belongs to the
+    chosen method is checked when the node runs (ComfyUI's validation cannot pass the method without flagging it)."""
+    for key, value in parse_advanced(text).items():
+        owners = _owners(key)
+        if not owners:
+            known = sorted({k for m in METHODS for k in method_settings(m)} | set(SAMPLER_SETTINGS))
+            raise SettingError(f"unknown parameter '{key}'; valid parameters: {known}")
+        refusals = []
+        for owner in owners:
+            try:
+                owner.convert(value)
+                break
+            except SettingError as error:
+                refusals.append(error)
+        else:
+            raise refusals[0]
 
 
 def parse_words(text: str) -> tuple[str, ...]:
@@ -57,66 +60,61 @@ def build_config(
     previous: GuidanceConfig | None = None,
     words: str = "",
     guidance_mode: str = "faithful",
+    options: GuidanceOptions | None = None,
 ) -> GuidanceConfig:
     """Make the BINDING_CONFIG for one method, appended to ``previous`` as a weighted term when given.
 
-    ``guidance_mode`` ("faithful" or "fast") is this node's choice; in a chain the config nearest the sampler decides.
+    Sampler settings come from ``options`` when connected, else from ``previous`` (or their defaults); sampler keys
+    that older workflows put in ``advanced`` still apply on top. ``guidance_mode`` is this node's choice: in a chain
+    the config nearest the sampler decides.
     """
-    if method not in METHODS:
-        raise ValueError(f"method: unknown '{method}'. Choose one of {', '.join(METHOD_ORDER)}.")
-    if guidance_mode not in GUIDANCE_MODES:
-        raise ValueError(f"guidance_mode: unknown '{guidance_mode}'. Choose one of {', '.join(GUIDANCE_MODES)}.")
-    params = default_params(method)
-    params.update({"scale_factor": step_size, "guided_fraction": guided_fraction})
-    params = {k: v for k, v in params.items() if k in default_params(method)}
     try:
-        extra = parse_advanced(advanced)
-        measure_after_step = bool(extra.pop("measure_after_step", False))
-        stop_below = extra.pop("stop_below", None)
-        if stop_below is not None and not isinstance(stop_below, (int, float)):
-            raise ValueError(f"stop_below must be a number, got {stop_below!r}")
-        guidance_attention = extra.pop("guidance_attention", None)
-        if guidance_attention not in (None, "sdpa", "comfy"):
-            raise ValueError(f"guidance_attention must be 'sdpa' or 'comfy', got {guidance_attention!r}")
-        cpu_convolution = extra.pop("cpu_convolution", None)
-        if cpu_convolution not in (None, *CPU_CONVOLUTION_CHOICES):
-            choices = "', '".join(CPU_CONVOLUTION_CHOICES)
-            raise ValueError(f"cpu_convolution must be '{choices}', got {cpu_convolution!r}")
-        main_factor = extra.pop("main_factor", None)
-        if main_factor is not None and (not isinstance(main_factor, int) or main_factor not in (1, 2, 4, 8)):
-            raise ValueError(
-                f"main_factor must be 1, 2, 4 or 8 (the attention level, 4 = 1/32 of the image side), got {main_factor!r}"
-            )
-        params.update(extra)
-        objective = make_objective(method, **params)
-    except (TypeError, ValueError) as error:
+        values = parse_advanced(advanced)
+        legacy = {key: values.pop(key) for key in SAMPLER_SETTINGS if key in values}
+        params = {"scale_factor": step_size, "guided_fraction": guided_fraction, **values}
+        term = ChainTerm(make_objective(method, **params), weight)
+        settings = _sampler_settings(previous, options, legacy)
+        terms = [*(previous.objective.terms if previous is not None else ()), (term.weight, term.objective)]
+        merged = {
+            "objective": ObjectiveChain(terms),
+            "mode": guidance_mode,
+            "subject_words": parse_words(words) or (previous.subject_words if previous is not None else ()),
+            "description": " + ".join(f"{w:g}×{objective.name}" for w, objective in terms),
+            **{name: getattr(settings, name) for name in SAMPLER_SETTINGS},
+        }
+        return replace(previous, **merged) if previous is not None else GuidanceConfig(**merged)
+    except ValueError as error:
         raise ValueError(f"Binding Loss Config ({method}): {error}") from error
-    terms = list(previous.objective.terms) if previous is not None else []
-    terms.append((float(weight), objective))
-    description = " + ".join(f"{w:g}×{term.name}" for w, term in terms)
-    subject_words = parse_words(words) or (previous.subject_words if previous is not None else ())
-    measure_after_step = measure_after_step or (previous is not None and previous.measure_after_step)
-    # 'main_factor' picks the attention level the losses read (4 = 1/32 of the image side); the recorder
-    # must record that level, so it is also the guidance config's level.
-    if main_factor is None:
-        main_factor = previous.main_factor if previous is not None else 4
-    if guidance_attention is None:
-        guidance_attention = previous.guidance_attention if previous is not None else "sdpa"
-    if cpu_convolution is None:
-        cpu_convolution = previous.cpu_convolution if previous is not None else "auto"
-    if stop_below is None and previous is not None:
-        stop_below = previous.stop_below
-    return GuidanceConfig(
-        objective=ObjectiveChain(terms),
-        subject_words=subject_words,
-        main_factor=int(main_factor),
-        guidance_attention=guidance_attention,
-        cpu_convolution=cpu_convolution,
-        measure_after_step=measure_after_step,
-        stop_below=None if stop_below is None else float(stop_below),
-        mode=guidance_mode,
-        description=description,
-    )
+
+
+def _sampler_settings(
+    previous: GuidanceConfig | None, options: GuidanceOptions | None, legacy: dict[str, str]
+) -> GuidanceOptions:
+    if options is not None and legacy:
+        raise SettingError(
+            f"advanced sets {sorted(legacy)}, which the connected Binding Guidance Options node also sets: "
+            "set them on that node and delete these lines."
+        )
+    settings = options or (previous.options() if previous is not None else GuidanceOptions())
+    return replace(settings, **legacy)
+
+
+def help_tables() -> dict[str, str]:
+    """The help pages' tables, generated from the declarations (``scripts/make_help_pages.py`` writes them)."""
+    syngen = method_settings("syngen")
+    widgets = {
+        "step_size": syngen["scale_factor"],
+        "guided_fraction": syngen["guided_fraction"],
+        "weight": declared_settings(ChainTerm)["weight"],
+    }
+    tables = {"widgets": settings_table(widgets), "options": settings_table(declared_settings(GuidanceOptions))}
+    for method in METHOD_ORDER:
+        tables[method] = settings_table(method_settings(method), skip=("scale_factor", "guided_fraction"))
+    return tables
+
+
+def _method_widget(name: str, tooltip: str, step: float) -> tuple:
+    return widget_spec(method_settings("syngen")[name], tooltip, step=step)
 
 
 class BindingLossConfig:
@@ -141,46 +139,31 @@ class BindingLossConfig:
                     methods,
                     {
                         "default": "syngen",
-                        "tooltip": "syngen: SynGen (Rassin et al. 2023). syngen_entropy: SynGen with entropy terms. divide_and_bind: Divide & Bind. attend_and_excite: Attend-and-Excite. tsam: T-SAM.",
+                        "tooltip": "syngen: SynGen (Rassin et al. 2023), for attribute binding. syngen_entropy: SynGen with entropy terms that keep noun maps focused. divide_and_bind: Divide & Bind, makes every noun appear and binds modifiers. attend_and_excite: Attend-and-Excite, for missing subjects. tsam: T-SAM, aligns image attention with the text encoder's.",
                     },
                 ),
-                "step_size": (
-                    "FLOAT",
-                    {
-                        "default": 20.0,
-                        "min": 0.0,
-                        "max": 1000.0,
-                        "step": 0.5,
-                        "tooltip": "Latent step size of the gradient update (reference: 20 for SynGen, A&E and D&B; 5 for T-SAM). A&E, D&B and T-SAM decay it as s·sqrt(linspace(1, 0.5, steps)).",
-                    },
+                "step_size": _method_widget(
+                    "scale_factor",
+                    "Latent step size of the gradient update (reference: 20 for SynGen, A&E and D&B; 5 for T-SAM). A&E, D&B and T-SAM decay it as s·sqrt(linspace(1, 0.5, steps)). Raise it when guidance has no visible effect; lower it when images show artefacts.",
+                    0.5,
                 ),
-                "guided_fraction": (
-                    "FLOAT",
-                    {
-                        "default": 0.5,
-                        "min": 0.0,
-                        "max": 1.0,
-                        "step": 0.05,
-                        "tooltip": "Fraction of the sampling steps that get guidance, from the first step (reference: the first half; T-SAM's code uses 0.6).",
-                    },
+                "guided_fraction": _method_widget(
+                    "guided_fraction",
+                    "Fraction of the sampling steps that get guidance, from the first step (reference: the first half; T-SAM's code uses 0.6). The layout is decided early, so guiding late steps rarely helps.",
+                    0.05,
                 ),
                 "advanced": (
                     "STRING",
                     {
                         "default": "",
                         "multiline": True,
-                        "tooltip": "Optional method hyperparameters, one 'key = value' per line (see the node's help page). Empty keeps the reference defaults.",
+                        "tooltip": "Optional method hyperparameters, one 'key = value' per line (see the node's help page for every key, its range and default). Empty keeps the reference defaults.",
                     },
                 ),
-                "weight": (
-                    "FLOAT",
-                    {
-                        "default": 1.0,
-                        "min": 0.0,
-                        "max": 100.0,
-                        "step": 0.05,
-                        "tooltip": "Weight of this loss when chained after another config.",
-                    },
+                "weight": widget_spec(
+                    declared_settings(ChainTerm)["weight"],
+                    "Weight of this loss when chained after another config through 'previous'.",
+                    step=0.05,
                 ),
                 "words": (
                     "STRING",
@@ -195,26 +178,24 @@ class BindingLossConfig:
                     "BINDING_CONFIG",
                     {"tooltip": "An earlier config; this method's loss is added to it with 'weight'."},
                 ),
-                "guidance_mode": (
-                    list(GUIDANCE_MODES),
-                    {
-                        "default": "faithful",
-                        "tooltip": "faithful: a separate gradient pass before each guided step, as in the papers. fast: the gradient comes from the step's own model call and moves the latent one step later; slightly weaker during the guided steps. Measured cost of a guided step: on a CPU faithful 1.6–1.7×, fast 1.2–1.35× a plain step; on an H100 (fp16, 512 px) faithful 2.8–3.1×, fast 3.1–3.2×, so on a GPU fast mode saves nothing: keep faithful. In a chain, the config connected to the sampler decides.",
-                    },
+                "guidance_mode": widget_spec(declared_settings(GuidanceConfig)["mode"]),
+                "options": (
+                    "BINDING_OPTIONS",
+                    {"tooltip": "Optional sampler settings from a Binding Guidance Options node (attention level, early exit, kernels). Unconnected: those of 'previous', else the defaults."},
                 ),
             },
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, method: str, advanced: str) -> bool | str:  # noqa: N802  (ComfyUI API name)
-        """Reject unknown methods and bad ``advanced`` lines before the graph runs (ranges of the numeric
-        widgets are checked by ComfyUI itself)."""
+    def VALIDATE_INPUTS(cls, advanced: str) -> bool | str:  # noqa: N802  (ComfyUI API name)
+        """Refuse a bad ``advanced`` before the graph runs; ComfyUI flags only ``advanced``. (The widgets' ranges,
+        and the method list, are checked by ComfyUI from the input specs.)"""
         if not isinstance(advanced, str):  # linked from another node: checked when the node runs
-            advanced = ""
+            return True
         try:
-            build_config(method, 20.0, 0.5, advanced)
-        except ValueError as error:
-            return str(error)
+            check_advanced(advanced)
+        except SettingError as error:
+            return f"advanced: {error}"
         return True
 
     def configure(
@@ -227,6 +208,42 @@ class BindingLossConfig:
         words: str = "",
         previous: GuidanceConfig | None = None,
         guidance_mode: str = "faithful",
+        options: GuidanceOptions | None = None,
     ) -> tuple[GuidanceConfig]:
-        config = build_config(method, step_size, guided_fraction, advanced, weight, previous, words, guidance_mode)
+        config = build_config(
+            method, step_size, guided_fraction, advanced, weight, previous, words, guidance_mode, options
+        )
         return (config,)
+
+
+class BindingGuidanceOptions:
+    """The sampler-level settings of binding guidance, for a Binding Loss Config's 'options' input."""
+
+    DESCRIPTION = (
+        "Sampler settings for binding guidance: the attention level the losses read, an early exit, and the kernels "
+        "of the guidance pass. Connect it to the Binding Loss Config nearest the sampler. Most workflows need none."
+    )
+    CATEGORY = CATEGORY
+    FUNCTION = "configure"
+    RETURN_TYPES = ("BINDING_OPTIONS",)
+    RETURN_NAMES = ("options",)
+    OUTPUT_TOOLTIPS = ("Sampler settings for a Binding Loss Config's 'options' input.",)
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:  # noqa: N802  (ComfyUI API name)
+        specs = {name: widget_spec(item) for name, item in declared_settings(GuidanceOptions).items()}
+        specs["stop_below"][1]["step"] = 0.01
+        return {"required": specs}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, stop_below: float) -> bool | str:  # noqa: N802  (ComfyUI API name)
+        """Refuse a NaN stop_below before the graph runs (ComfyUI's own min/max check lets NaN through); the other
+        inputs are combos and a boolean, which ComfyUI checks itself."""
+        try:
+            declared_settings(GuidanceOptions)["stop_below"].convert(stop_below)
+        except SettingError as error:
+            return str(error)
+        return True
+
+    def configure(self, **values: Any) -> tuple[GuidanceOptions]:
+        return (GuidanceOptions(**values),)

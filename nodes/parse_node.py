@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Any
 
-from ..attention_patch.text_attention import clip_text_self_attention
 from ..guidance.inputs import PromptBindings
+from ..guidance.prompt_match import fingerprint_of
 from ..parsers import MODES, OVERRIDE_SYNTAX, SPACY_MODEL_CHOICES, parse_bindings, parse_override, register_model_dir
 from ..parsers.errors import check_text
 from ..tokens import align_entities, describe_layout, strip_comfy_syntax, token_table_for_clip
@@ -23,11 +24,29 @@ def _register_comfy_spacy_folder() -> None:
         pass
 
 
-def parse_prompt_bindings(clip: Any, prompt: str, mode: str = "robust", spacy_model: str = "en_core_web_sm",
-                          override: str = "") -> tuple[PromptBindings, str]:
-    """Parse ``prompt`` and align its entities with ``clip``'s tokens. Returns the bindings and a preview text.
+@dataclass(frozen=True)
+class ParseResult:
+    """Everything Parse Bindings outputs for one prompt."""
 
-    Raises ``parsers.PromptError`` (a ``ValueError``) for invalid input (see docs/parser.md), nothing else.
+    bindings: PromptBindings
+    preview: str
+    """Positions table (the STRING output)."""
+    summary: str
+    """Plain-words summary shown on the node."""
+    conditioning: list
+    """The prompt's CONDITIONING, exactly as CLIP Text Encode makes it."""
+
+
+def encode_prompt(clip: Any, prompt: str) -> list:
+    """The prompt's conditioning by CLIP Text Encode's own path (same tokenizer, weights, embeddings, chunks)."""
+    return clip.encode_from_tokens_scheduled(clip.tokenize(prompt))
+
+
+def parse_and_encode(clip: Any, prompt: str, mode: str = "robust", spacy_model: str = "en_core_web_sm",
+                     override: str = "") -> ParseResult:
+    """Parse ``prompt``, align its entities with ``clip``'s tokens and encode it once for the positive input.
+
+    Raises ``parsers.PromptError`` (a ``ValueError``) for invalid input (see docs/parser.md).
     """
     check_text(prompt, "prompt")
     check_text(override, "override")
@@ -38,15 +57,24 @@ def parse_prompt_bindings(clip: Any, prompt: str, mode: str = "robust", spacy_mo
         parsed = parse_bindings(clean.text, mode=mode, spacy_model=spacy_model)
     table = token_table_for_clip(clip, prompt)
     alignment = align_entities(parsed, clean, table)
-    warnings = tuple(parsed.warnings) + tuple(alignment.warnings)
+    conditioning = encode_prompt(clip, prompt)
     bindings = PromptBindings(prompt=prompt, layout=alignment.layout, entities=tuple(parsed.entities),
-                              parser=parsed.parser, warnings=warnings, clean=clean, table=table,
-                              text_self_attention=clip_text_self_attention(clip, prompt))
-    return bindings, preview_text(bindings, table)
+                              parser=parsed.parser, warnings=tuple(parsed.warnings) + tuple(alignment.warnings),
+                              clean=clean, table=table, clip=clip,
+                              fingerprint=fingerprint_of(conditioning[0][0], encode_prompt(clip, "")[0][0],
+                                                         table.prompt_positions()))
+    return ParseResult(bindings, preview_text(bindings, table), plain_summary(bindings), conditioning)
+
+
+def parse_prompt_bindings(clip: Any, prompt: str, mode: str = "robust", spacy_model: str = "en_core_web_sm",
+                          override: str = "") -> tuple[PromptBindings, str]:
+    """:func:`parse_and_encode`, returning only the bindings and the positions preview."""
+    result = parse_and_encode(clip, prompt, mode, spacy_model, override)
+    return result.bindings, result.preview
 
 
 def preview_text(bindings: PromptBindings, table: Any) -> str:
-    """The human-readable summary shown by the node's STRING output."""
+    """The positions table of the node's STRING output (parser, bindings with their context positions, warnings)."""
     lines = [f"parser: {bindings.parser}"]
     if bindings.is_empty:
         lines.append("No bindings found: guidance will do nothing for this prompt (sampling is unchanged).")
@@ -59,39 +87,74 @@ def preview_text(bindings: PromptBindings, table: Any) -> str:
     return "\n".join(lines)
 
 
+def _parser_words(parser: str) -> str:
+    if parser.startswith("spacy:"):
+        _, model, mode = [*parser.split(":"), "", ""][:3]
+        return f"Parser: spaCy {model} ({mode} rules)."
+    if parser.startswith("fallback"):
+        return "Parser: the simple built-in parser (no spaCy model): check every pair below."
+    return "Parser: none, the bindings come from 'override'." if parser == "override" else f"Parser: {parser}."
+
+
+def plain_summary(bindings: PromptBindings) -> str:
+    """The parse in plain words for the node's text box: each noun and its words, then anything to check."""
+    lines = [_parser_words(bindings.parser)]
+    if bindings.is_empty:
+        lines.append("No bindings: the prompt has no noun to guide, so the sampler runs exactly like KSampler.")
+    else:
+        lines.append("Each noun and the words bound to it:")
+        for entity in bindings.entities:
+            negated = {(w.start, w.end) for w in getattr(entity, "negated", ())}
+            kept = [w.text for w in entity.modifiers if (w.start, w.end) not in negated]
+            lines.append(f"  • {entity.noun.text}: {', '.join(kept) if kept else '(no describing word)'}")
+        for entity in bindings.entities:
+            for word in getattr(entity, "negated", ()):
+                lines.append(f"Negated: '{word.text}' on '{entity.noun.text}' is negated, so guidance leaves it out.")
+        if not any(binding.modifiers for binding in bindings.layout.bindings):
+            lines.append("No noun has a describing word: SynGen changes nothing; Attend-and-Excite and "
+                         "Divide & Bind still use the nouns.")
+    lines += [f"Note: {warning}" for warning in bindings.warnings]
+    return "\n".join(lines)
+
+
 class ParseBindings:
-    """Find the entities of a prompt and the modifiers bound to each, with their CLIP token positions."""
+    """Encode the positive prompt and find its nouns and the modifiers bound to each, with their token positions."""
 
     DESCRIPTION = (
-        "Parses the prompt into nouns and the modifiers that belong to them ('a pink sunflower and a yellow "
-        "flamingo' → sunflower: pink; flamingo: yellow), and finds their token positions with the connected CLIP's "
-        "own tokenizer. Feed the same prompt to the positive CLIP Text Encode. Check the preview; correct it with "
-        "'override' if the parse is wrong."
+        "Type the positive prompt here, once. Parse Bindings encodes it with the connected CLIP exactly as CLIP Text "
+        "Encode does (connect 'conditioning' to the sampler's positive input) and parses it into nouns and the words "
+        "that belong to them ('a pink sunflower and a yellow flamingo' → sunflower: pink; flamingo: yellow), with "
+        "their token positions. After a run the node shows the parse; correct it with 'override' if it is wrong."
     )
     CATEGORY = CATEGORY
     FUNCTION = "parse"
-    RETURN_TYPES = ("BINDINGS", "STRING")
-    RETURN_NAMES = ("bindings", "preview")
-    OUTPUT_TOOLTIPS = ("Entities, modifiers and token positions for a Binding-Guided sampler.",
-                       "A readable table of each noun, its modifiers and their token positions.")
+    RETURN_TYPES = ("BINDINGS", "STRING", "CONDITIONING")
+    RETURN_NAMES = ("bindings", "preview", "conditioning")
+    OUTPUT_TOOLTIPS = (
+        "Entities, modifiers and token positions for a Binding-Guided sampler.",
+        "A table of each noun, its modifiers and their token positions in the CLIP context.",
+        "The prompt encoded exactly as CLIP Text Encode encodes it: connect it to the sampler's positive input.",
+    )
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:  # noqa: N802  (ComfyUI API name)
         return {
             "required": {
-                "clip": ("CLIP", {"tooltip": "The same CLIP that encodes the positive prompt (its tokenizer gives the positions)."}),
+                "clip": ("CLIP", {"tooltip": "The CLIP that encodes the prompt (after any LoRA loader), as for CLIP Text Encode."}),
                 "prompt": ("STRING", {"multiline": True, "dynamicPrompts": True, "default": "a pink sunflower and a yellow flamingo",
-                                      "tooltip": "The positive prompt, exactly as given to CLIP Text Encode. Weights like (red:1.2) and embedding:name are understood."}),
+                                      "tooltip": "The positive prompt, typed once: it is parsed and encoded here. Weights like (red:1.2) and embedding:name work as in CLIP Text Encode."}),
                 "mode": (list(MODES), {"default": "robust", "tooltip": "robust: the improved parser (recommended). faithful: SynGen's reference rules, quirks included."}),
                 "spacy_model": (list(SPACY_MODEL_CHOICES), {"default": SPACY_MODEL_CHOICES[0],
-                                                            "tooltip": "spaCy English model. Falls back to the built-in rule parser when none is installed (the preview says so)."}),
+                                                            "tooltip": "spaCy English model. Falls back to the built-in rule parser when none is installed (the node says so)."}),
                 "override": ("STRING", {"multiline": True, "default": "",
                                         "tooltip": "Optional manual bindings that replace the parse. " + OVERRIDE_SYNTAX}),
             }
         }
 
-    def parse(self, clip: Any, prompt: str, mode: str, spacy_model: str, override: str) -> tuple[PromptBindings, str]:
+    def parse(self, clip: Any, prompt: str, mode: str, spacy_model: str, override: str) -> dict:
         if clip is None:
             raise ValueError("clip: connect the CLIP output of your checkpoint loader.")
         _register_comfy_spacy_folder()
-        return parse_prompt_bindings(clip, prompt, mode, spacy_model, override)
+        result = parse_and_encode(clip, prompt, mode, spacy_model, override)
+        return {"ui": {"binding_parse": [result.summary]},
+                "result": (result.bindings, result.preview, result.conditioning)}

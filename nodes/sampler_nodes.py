@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import comfy.sample
@@ -14,27 +15,35 @@ from ..guidance.errors import BindingGuidanceError
 from ..guidance.inputs import GuidanceConfig, PromptBindings
 from ..guidance.model_loading import classic_model
 from ..guidance.previews import attention_panels, last_maps, loss_curve, word_maps
+from ..guidance.prompt_match import matching_entry
 from ..guidance.sampler import BindingGuidedSampler
+from .graph_prompts import custom_sampler_positive_texts, ksampler_positive_texts
 
 CATEGORY = "sampling/binding_guidance"
 
+_GRAPH = {"prompt": "PROMPT", "unique_id": "UNIQUE_ID"}
+"""Hidden inputs: the queued graph, read only to name the positive prompt in a mismatch message."""
 _GUIDANCE_INPUTS = {
-    "bindings": ("BINDINGS", {"tooltip": "Entities and modifiers from a Parse Bindings node; parse the same prompt as the positive conditioning."}),
+    "bindings": ("BINDINGS", {"tooltip": "Entities and modifiers from the Parse Bindings node whose 'conditioning' output is the positive input. A positive from another prompt is refused before sampling."}),
     "config": ("BINDING_CONFIG", {"tooltip": "Method and hyperparameters from a Binding Loss Config node."}),
 }
 
 
 def check_bindings_match(bindings: PromptBindings, positive: Any) -> None:
-    """Refuse bindings whose token positions cannot exist in the positive conditioning."""
-    if not positive:
-        raise BindingGuidanceError("positive: the conditioning is empty; connect a CLIP Text Encode output.")
-    context_length = int(positive[0][0].shape[1])
+    """Refuse a positive conditioning that does not come from the prompt Parse Bindings read (before sampling)."""
+    entry = matching_entry(bindings.fingerprint, positive, bindings.prompt, bindings.positive_prompts)
+    context_length = int(entry[0].shape[1])
     positions = [p for binding in bindings.layout.bindings for p in binding.positions]
     if positions and max(positions) >= context_length:
         raise BindingGuidanceError(
             f"bindings: token position {max(positions)} does not exist in the positive conditioning "
-            f"({context_length} tokens). Parse Bindings must read the same prompt as the positive CLIP Text Encode."
+            f"({context_length} tokens). Connect Parse Bindings' conditioning output to 'positive'."
         )
+
+
+def with_graph_prompts(bindings: PromptBindings, texts: tuple[str, ...]) -> PromptBindings:
+    """``bindings`` that also know the positive prompt text(s) of the graph, for the mismatch message."""
+    return dataclasses.replace(bindings, positive_prompts=texts) if texts else bindings
 
 
 def word_labels(bindings: PromptBindings) -> dict[tuple[int, ...], str]:
@@ -93,19 +102,21 @@ class BindingGuidedKSampler:
                                   "tooltip": "Classifier-free guidance scale, as in KSampler."}),
                 "sampler_name": (comfy.samplers.KSampler.SAMPLERS, {"tooltip": "The sampling algorithm. uni_pc, uni_pc_bh2, dpm_fast and dpm_adaptive cannot carry a latent update and are refused."}),
                 "scheduler": (comfy.samplers.KSampler.SCHEDULERS, {"tooltip": "The noise schedule."}),
-                "positive": ("CONDITIONING", {"tooltip": "The conditioning of the prompt that Parse Bindings read."}),
+                "positive": ("CONDITIONING", {"tooltip": "Parse Bindings' 'conditioning' output (the prompt typed once). A conditioning from another prompt is refused before sampling."}),
                 "negative": ("CONDITIONING", {"tooltip": "The negative conditioning."}),
                 "latent_image": ("LATENT", {"tooltip": "The latent image to denoise."}),
                 "denoise": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
                                       "tooltip": "The amount of denoising applied, as in KSampler."}),
                 **_GUIDANCE_INPUTS,
-            }
+            },
+            "hidden": _GRAPH,
         }
 
     def sample(self, model: Any, seed: int, steps: int, cfg: float, sampler_name: str, scheduler: str, positive: Any,
                negative: Any, latent_image: dict, denoise: float, bindings: PromptBindings,
-               config: GuidanceConfig) -> dict:
+               config: GuidanceConfig, prompt: Any = None, unique_id: Any = None) -> dict:
         require_unet(model)  # refuse DiT/MMDiT models by name before anything is loaded
+        bindings = with_graph_prompts(bindings, ksampler_positive_texts(prompt, unique_id))
         check_bindings_match(bindings, positive)
         model = classic_model(model)  # guidance needs weights that a backward pass can use (no dynamic VRAM)
         sampler = BindingGuidedSampler(comfy.samplers.sampler_object(sampler_name), bindings, config)
@@ -144,7 +155,11 @@ class BindingGuidedSamplerNode:
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:  # noqa: N802  (ComfyUI API name)
-        return {"required": {"sampler": ("SAMPLER", {"tooltip": "A sampler from KSamplerSelect."}), **_GUIDANCE_INPUTS}}
+        return {"required": {"sampler": ("SAMPLER", {"tooltip": "A sampler from KSamplerSelect."}), **_GUIDANCE_INPUTS},
+                "hidden": _GRAPH}
 
-    def wrap(self, sampler: Any, bindings: PromptBindings, config: GuidanceConfig) -> tuple[BindingGuidedSampler]:
+    def wrap(self, sampler: Any, bindings: PromptBindings, config: GuidanceConfig, prompt: Any = None,
+             unique_id: Any = None) -> tuple[BindingGuidedSampler]:
+        # The positive conditioning reaches the sampler inside SamplerCustom; it is checked there, before step 1.
+        bindings = with_graph_prompts(bindings, custom_sampler_positive_texts(prompt, unique_id))
         return (BindingGuidedSampler(sampler, bindings, config),)

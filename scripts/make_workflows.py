@@ -68,8 +68,10 @@ METHODS = {
 }
 
 COMMON_NOTE = (
-    "How to use: type your prompt in BOTH 'Positive prompt' and 'Parse Bindings' (same text). Run once and read "
-    "the parse preview: every modifier should sit under its noun; if not, write the bindings in 'override'. "
+    "How to use: type your prompt once, in 'Prompt (Parse Bindings)'. It encodes the prompt for the sampler's "
+    "positive input, exactly as CLIP Text Encode would, and finds which words describe which noun. Run once and read "
+    "the parse shown on that node: every describing word should sit under its noun; if not, write the bindings in "
+    "'override'. "
     "The guided sampler nudges the latent during the first guided steps so each modifier's cross-attention map "
     "lands on its noun. 'Attention maps' shows noun and modifier maps per binding at the last guided step; "
     "'Loss curve' shows the binding loss over the guided steps (it should fall). "
@@ -85,16 +87,16 @@ def _node(node_id: int, kind: str, pos: tuple[int, int], size: tuple[int, int], 
 
 
 def standard_graph(method: str) -> tuple[list[dict], str]:
-    """Checkpoint → CLIP encodes + Parse Bindings + Binding Loss Config → Binding-Guided KSampler → decode/save."""
+    """Checkpoint → Parse Bindings (the prompt, typed once) + negative encode + Binding Loss Config →
+    Binding-Guided KSampler → decode/save."""
     spec = METHODS[method]
     prompt = spec["prompt"]
     nodes = [
         _node(4, "CheckpointLoaderSimple", (30, 330), (330, 98), "Load Checkpoint (SD1.5)", {"ckpt_name": SD15}),
-        _node(6, "CLIPTextEncode", (420, 40), (400, 160), "Positive prompt", {"text": prompt}, {"clip": (4, 1)}),
-        _node(7, "CLIPTextEncode", (420, 240), (400, 120), "Negative prompt", {"text": ""}, {"clip": (4, 1)}),
-        _node(10, "ParseBindings", (420, 400), (400, 260), "Parse Bindings",
+        _node(10, "ParseBindings", (420, 40), (400, 340), "Prompt (Parse Bindings)",
               {"prompt": prompt, "mode": "robust", "spacy_model": "en_core_web_sm", "override": ""},
               {"clip": (4, 1)}),
+        _node(7, "CLIPTextEncode", (420, 420), (400, 120), "Negative prompt", {"text": ""}, {"clip": (4, 1)}),
         _node(11, "BindingLossConfig", (420, 700), (400, 260), f"Binding Loss Config ({method})",
               {"method": method, "step_size": spec["step_size"], "guided_fraction": spec["guided_fraction"],
                "advanced": "", "weight": 1.0, "words": "", "guidance_mode": "faithful"}),
@@ -102,14 +104,13 @@ def standard_graph(method: str) -> tuple[list[dict], str]:
               {"width": 512, "height": 512, "batch_size": 1}),
         _node(3, "BindingGuidedKSampler", (880, 40), (340, 330), "Binding-Guided KSampler",
               {"seed": 16, "steps": 50, "cfg": 7.5, "sampler_name": "ddim", "scheduler": "normal", "denoise": 1.0},
-              {"model": (4, 0), "positive": (6, 0), "negative": (7, 0), "latent_image": (5, 0),
+              {"model": (4, 0), "positive": (10, 2), "negative": (7, 0), "latent_image": (5, 0),
                "bindings": (10, 0), "config": (11, 0)}),
         _node(8, "VAEDecode", (1270, 40), (210, 46), "VAE Decode", {}, {"samples": (3, 0), "vae": (4, 2)}),
         _node(9, "SaveImage", (1520, 40), (420, 460), "Save Image",
               {"filename_prefix": f"binding_guidance/{method}"}, {"images": (8, 0)}),
         _node(12, "PreviewImage", (880, 420), (340, 300), "Attention maps", {}, {"images": (3, 1)}),
         _node(13, "PreviewImage", (1270, 540), (340, 300), "Loss curve", {}, {"images": (3, 2)}),
-        _node(14, "PreviewAny", (880, 760), (340, 200), "Parse preview", {}, {"source": (10, 1)}),
     ]
     note = f"{spec['about']}\n\nPrompt (from the paper's examples): \"{prompt}\".\n\n{COMMON_NOTE}"
     nodes.append(_node(15, "Note", (30, 40), (360, 260), "About this workflow", {"text": note}))
@@ -121,11 +122,10 @@ def custom_sampler_graph() -> tuple[list[dict], str]:
     prompt = METHODS["syngen"]["prompt"]
     nodes = [
         _node(4, "CheckpointLoaderSimple", (30, 330), (330, 98), "Load Checkpoint (SD1.5)", {"ckpt_name": SD15}),
-        _node(6, "CLIPTextEncode", (420, 40), (400, 160), "Positive prompt", {"text": prompt}, {"clip": (4, 1)}),
-        _node(7, "CLIPTextEncode", (420, 240), (400, 120), "Negative prompt", {"text": ""}, {"clip": (4, 1)}),
-        _node(10, "ParseBindings", (420, 400), (400, 260), "Parse Bindings",
+        _node(10, "ParseBindings", (420, 40), (400, 340), "Prompt (Parse Bindings)",
               {"prompt": prompt, "mode": "robust", "spacy_model": "en_core_web_sm", "override": ""},
               {"clip": (4, 1)}),
+        _node(7, "CLIPTextEncode", (420, 420), (400, 120), "Negative prompt", {"text": ""}, {"clip": (4, 1)}),
         _node(11, "BindingLossConfig", (420, 700), (400, 260), "Binding Loss Config (syngen)",
               {"method": "syngen", "step_size": 20.0, "guided_fraction": 0.5, "advanced": "", "weight": 1.0,
                "words": "", "guidance_mode": "faithful"}),
@@ -136,7 +136,7 @@ def custom_sampler_graph() -> tuple[list[dict], str]:
               {"sampler": (20, 0), "bindings": (10, 0), "config": (11, 0)}),
         _node(22, "RandomNoise", (880, 280), (320, 82), "Noise", {"noise_seed": 16}),
         _node(23, "CFGGuider", (880, 400), (320, 98), "CFG Guider", {"cfg": 7.5},
-              {"model": (4, 0), "positive": (6, 0), "negative": (7, 0)}),
+              {"model": (4, 0), "positive": (10, 2), "negative": (7, 0)}),
         _node(24, "BasicScheduler", (880, 540), (320, 106), "Scheduler",
               {"scheduler": "normal", "steps": 50, "denoise": 1.0}, {"model": (4, 0)}),
         _node(25, "SamplerCustomAdvanced", (1250, 40), (300, 326), "Sampler Custom Advanced", {},
@@ -144,7 +144,6 @@ def custom_sampler_graph() -> tuple[list[dict], str]:
         _node(8, "VAEDecode", (1600, 40), (210, 46), "VAE Decode", {}, {"samples": (25, 0), "vae": (4, 2)}),
         _node(9, "SaveImage", (1600, 140), (420, 460), "Save Image",
               {"filename_prefix": "binding_guidance/syngen_custom_sampler"}, {"images": (8, 0)}),
-        _node(14, "PreviewAny", (1250, 420), (300, 200), "Parse preview", {}, {"source": (10, 1)}),
     ]
     note = (
         "Binding guidance inside a custom-sampling graph. 'Binding-Guided Sampler' wraps the SAMPLER from "

@@ -214,3 +214,87 @@ def _wait_for_new_history(server, before: set[str], timeout: float = 60) -> str:
             return running[0][1]
         time.sleep(0.3)
     raise AssertionError(f"the editor queued nothing:\n{server.log_tail()}")
+
+
+TWO_NODE_WORKFLOW = PACK_ROOT / "tests" / "data" / "legacy_workflows" / "syngen_sd15.json"
+"""workflows/syngen_sd15.json as shared before the prompt was typed once: CLIP Text Encode + Parse Bindings."""
+
+
+def _open_for_tiny_run(page, ui: dict, name: str, tiny_checkpoint: str) -> None:
+    """Load ``ui`` into the editor and set the widgets patch_for_test changes (tiny checkpoint, size, steps)."""
+    page.evaluate("async ([wf, name]) => { await window.app.loadGraphData(wf, true, true, name); }", [ui, name])
+    queued = page.evaluate("async () => (await window.app.graphToPrompt()).output")
+    fast = patch_for_test(queued, tiny_checkpoint, size=64, steps=2)
+    changes = {node_id: {k: v for k, v in node["inputs"].items() if queued[node_id]["inputs"].get(k) != v}
+               for node_id, node in fast.items()}
+    page.evaluate("""(changes) => {
+        for (const [id, values] of Object.entries(changes)) {
+            const node = window.app.graph.getNodeById(Number(id));
+            for (const [name, value] of Object.entries(values)) node.widgets.find(w => w.name === name).value = value;
+        }
+    }""", changes)
+    page.evaluate("() => window.app.extensionManager?.command?.execute?.('Comfy.Canvas.FitView')")
+    page.wait_for_timeout(500)
+
+
+def _type_into(page, node_id: int, widget: str, text: str) -> None:
+    """Replace a multiline widget's text the way a user does: in the editor's own text box."""
+    handle = page.evaluate_handle("""([id, name]) => {
+        const w = window.app.graph.getNodeById(id).widgets.find(w => w.name === name);
+        const el = w.element ?? w.inputEl;
+        return el.tagName === 'TEXTAREA' ? el : el.querySelector('textarea');
+    }""", [node_id, widget])
+    box = handle.as_element()
+    box.click(force=True)
+    box.fill(text, force=True)
+    assert page.evaluate("([id, name]) => window.app.graph.getNodeById(id).widgets.find(w => w.name === name).value",
+                         [node_id, widget]) == text
+
+
+def _queue(page, server) -> dict:
+    before = set(server.get_json("/history"))
+    page.evaluate("async () => { await window.app.queuePrompt(0, 1); }")
+    return server.wait_for_history(_wait_for_new_history(server, before))
+
+
+def test_prompt_typed_once_in_the_editor_reaches_the_sampler(server, page, tiny_checkpoint):
+    """Edit the one prompt box (with a dynamic prompt), queue: the sampler guides the new bindings, and the parse
+    appears on the Parse Bindings node. Bindings and conditioning come from the same resolved text."""
+    path = next(p for p in UI_PATHS if p.stem == "syngen_sd15")
+    _open_for_tiny_run(page, load_json(path), path.stem, tiny_checkpoint)
+    parse_id = next(n["id"] for n in load_json(path)["nodes"] if n["type"] == "ParseBindings")
+    # A text no other test queues: ComfyUI re-sends no output of a node it takes from its cache.
+    _type_into(page, parse_id, "prompt", "a {red|blue} bus and a white sheep")
+    entry = _queue(page, server)
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    queued_text = entry["prompt"][2][str(parse_id)]["inputs"]["prompt"]
+    assert queued_text in ("a red bus and a white sheep", "a blue bus and a white sheep")  # resolved once
+    colour = queued_text.split()[1]
+    sampler_id = next(k for k, n in entry["prompt"][2].items() if n["class_type"] == "BindingGuidedKSampler")
+    report = entry["outputs"][sampler_id]["binding_report"][0]
+    assert [(b["noun"], b["modifiers"]) for b in report["bindings"]] == [("bus", [colour]), ("sheep", ["white"])]
+    shown = page.wait_for_function("""(id) => {
+        const w = window.app.graph.getNodeById(id).widgets.find(w => w.name === 'parse_result');
+        return w && w.value.includes('bus:') ? w.value : null;
+    }""", arg=parse_id, timeout=30_000).json_value()
+    assert f"bus: {colour}" in shown and "sheep: white" in shown
+    saved = page.evaluate("(id) => window.app.graph.getNodeById(id).serialize().widgets_values", parse_id)
+    assert saved[0] == "a {red|blue} bus and a white sheep" and len(saved) == 4  # the parse box is never saved
+    page.screenshot(path=str(ARTIFACTS / "prompt_typed_once.png"))
+
+
+def test_two_node_workflow_with_an_edited_positive_shows_the_mismatch(server, page, tiny_checkpoint):
+    """A workflow shared before the one-box form: edit only the positive prompt, queue, read the error in the UI."""
+    ui = load_json(TWO_NODE_WORKFLOW)
+    _open_for_tiny_run(page, ui, "two_node", tiny_checkpoint)
+    positive_id = next(n["id"] for n in ui["nodes"] if n["type"] == "CLIPTextEncode" and n["widgets_values"][0])
+    _type_into(page, positive_id, "text", "a red car and a white sheep")
+    entry = _queue(page, server)
+    assert entry["status"]["status_str"] == "error"
+    expected = ("Parse Bindings read 'a pink sunflower and a yellow flamingo', but the positive conditioning comes "
+                "from 'a red car and a white sheep'")
+    errors = [m[1] for m in entry["status"]["messages"] if m[0] == "execution_error"]
+    assert errors and expected in errors[0]["exception_message"]
+    page.wait_for_function("(text) => document.body.innerText.includes(text)", arg=expected, timeout=30_000)
+    page.screenshot(path=str(ARTIFACTS / "two_node_mismatch.png"))
+    page.keyboard.press("Escape")  # close the error dialog for whatever runs next

@@ -29,8 +29,17 @@ def _graph(checkpoint: str, sampler: str = "euler", seed: int = 16, measure: boo
 
 
 def _plain(graph: dict) -> dict:
-    """The same graph with a stock KSampler, minus every node that read an output the KSampler lacks."""
+    """The same graph with a stock KSampler and the prompt encoded by CLIP Text Encode, minus every node that read an
+    output the KSampler lacks."""
     plain = copy.deepcopy(graph)
+    for key, node in list(plain.items()):
+        if node["class_type"] == "ParseBindings":
+            plain[f"{key}_encode"] = {"class_type": "CLIPTextEncode",
+                                      "inputs": {"text": node["inputs"]["prompt"], "clip": node["inputs"]["clip"]}}
+            for other in plain.values():
+                for name, value in other["inputs"].items():
+                    if value == [key, 2]:
+                        other["inputs"][name] = [f"{key}_encode", 0]
     removed: set[str] = set()
     for key, node in plain.items():
         if node["class_type"] == "BindingGuidedKSampler":
@@ -102,8 +111,6 @@ def test_same_seed_same_image_and_no_leak_into_plain_ksampler(harness: Any, tiny
 def test_prompt_without_bindings_samples_exactly_like_ksampler(harness: Any, tiny_checkpoint: str) -> None:
     graph = _graph(tiny_checkpoint, measure=False)
     for node in graph.values():
-        if node["class_type"] == "CLIPTextEncode" and node["inputs"]["text"]:
-            node["inputs"]["text"] = "a cat and a dog"
         if node["class_type"] == "ParseBindings":
             node["inputs"]["prompt"] = "a cat and a dog"
     outputs = harness.run_prompt(graph)

@@ -84,7 +84,7 @@ def test_refinement_decisions_with_spec_loss() -> None:
     for step in (0, 10, 20):
         refinement = objective.refinement(step, 50)
         assert refinement is not None and refinement.max_iterations == 20
-        decisions[step] = refinement.should_continue(result)
+        decisions[step] = refinement.continues(result, 0)
     assert decisions == {0: False, 10: True, 20: True}
     assert objective.refinement(5, 50) is None
     assert objective.refinement(30, 50) is None

@@ -96,10 +96,13 @@ def test_refinement_decisions_from_indicator() -> None:
         close(result.metric, [0.22523734], TOL)
         refinement = objective.refinement(step, 50)
         assert refinement is not None
-        decisions[step] = (refinement.should_continue(result), refinement.max_iterations)
+        decisions[step] = (refinement.continues(result, 0), refinement.max_iterations)
     assert decisions == {0: (False, 50), 10: (False, 20), 20: (True, 20)}
     latest = DivideBindObjective(refinement_caps="latest")
     assert [latest.refinement(s, 50).max_iterations for s in (0, 10, 20)] == [100, 50, 50]  # type: ignore[union-attr]
+    # the paper-era notebooks cap max mode's first refinement at 20 (default_param), not 50
+    max_mode = DivideBindObjective(loss_mode="max")
+    assert [max_mode.refinement(s, 50).max_iterations for s in (0, 10, 20)] == [20, 20, 20]  # type: ignore[union-attr]
 
 
 def test_objective_reproduces_table_with_attribute_level() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from binding_guidance.binding_losses import (
@@ -120,16 +122,19 @@ def test_objective_takes_raw_text_attention() -> None:
         TSAMObjective().loss(attn, layout, 0, 50)
 
 
-def test_thresholds_and_faithful_fallback() -> None:
-    assert tsam_threshold(5) == 0.56 and tsam_threshold(6) == 0.70 and tsam_threshold(7) == 0.84
-    # n = 4 is outside the reference table (KeyError there): faithful falls back to 0.14 (n - 1)
-    assert tsam_threshold(4, "faithful") == pytest.approx(0.42)
-    assert tsam_threshold(4, "fixed") == pytest.approx(0.42)
-    assert tsam_threshold(12, "faithful") == pytest.approx(1.54)
+def test_thresholds_are_the_references_float_products() -> None:
+    # the reference computes 0.14 (n - 1) in double precision: 0.7000000000000001 for n = 6, not 0.70
+    assert [tsam_threshold(n) for n in (5, 6, 7)] == [0.56, 0.7000000000000001, 0.8400000000000001]
+    # outside n in {5, 6, 7} the reference raises KeyError; the same product applies
+    assert tsam_threshold(4) == pytest.approx(0.42) and tsam_threshold(12) == pytest.approx(1.54)
+    # a double loss at the reference's τ is not above it, so refinement runs on past 20 (a table's 0.70 would stop)
+    refinement = TSAMObjective().refinement(0, 50)
+    assert refinement is not None and refinement.continues(_result(0.7000000000000001, n=6), 20)
+    assert not refinement.continues(_result(math.nextafter(0.7000000000000001, 1.0), n=6), 20)
 
 
 def _result(loss: float, n: int = 4) -> LossResult:
-    value = torch.tensor([loss])
+    value = torch.tensor([loss], dtype=torch.float64)
     return LossResult(total=value, metric=value, terms={"num_tokens": torch.tensor(float(n))})
 
 
@@ -138,13 +143,13 @@ def test_faithful_refinement_stops_at_20_when_loss_is_high() -> None:
     assert refinement is not None and refinement.max_iterations == 30
     high = _result(0.42618003)  # spec: above τ(4) = 0.42, so the faithful rule stops after 20 iterations
     done = 0
-    while refinement.should_continue(high):
+    while refinement.continues(high, done):
         done += 1
     assert done == 20
     low = TSAMObjective().refinement(10, 50)
     assert low is not None
     done = 0
-    while low.should_continue(_result(0.1)):
+    while low.continues(_result(0.1), done):
         done += 1
     assert done == 30
 
@@ -153,8 +158,8 @@ def test_fixed_refinement_stops_when_below_tau() -> None:
     objective = TSAMObjective(stop_rule="fixed")
     refinement = objective.refinement(20, 50)
     assert refinement is not None
-    assert refinement.should_continue(_result(0.5))
-    assert not refinement.should_continue(_result(0.41))
+    assert refinement.continues(_result(0.5), 0) and not refinement.lagged
+    assert not refinement.continues(_result(0.41), 0)
     assert objective.refinement(5, 50) is None
 
 

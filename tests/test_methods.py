@@ -47,11 +47,12 @@ def _run(harness: Any, parts: dict, config: Any) -> Any:
     return sampler.last_report
 
 
-def test_parse_bindings_finds_both_pairs_and_the_text_attention(graph_parts: dict) -> None:
+def test_parse_bindings_finds_both_pairs_and_the_text_attention(harness: Any, graph_parts: dict) -> None:
     layout = graph_parts["bindings"].layout
     assert {(b.noun, b.modifiers) for b in layout.bindings} == {((3,), ((2,),)), ((7,), ((6,),))}
     assert "sunflower" in graph_parts["preview"] and "flamingo" in graph_parts["preview"]
-    attention = graph_parts["bindings"].text_self_attention
+    objectives = harness.module("binding_losses.objectives")
+    attention = graph_parts["bindings"].text_self_attention_for(objectives.make_objective("tsam"))
     assert attention.shape == (77, 77)
     assert torch.allclose(attention.sum(-1), torch.ones(77), atol=1e-4)  # rows are distributions
     assert attention.triu(1).abs().max() < 1e-6  # causal
@@ -62,8 +63,10 @@ def test_method_lowers_its_loss(harness: Any, graph_parts: dict, method: str) ->
     config_node = harness.module("nodes.config_node")
     # T-SAM's loss on the tiny random model is nearly flat in the latent: at step size 5 or 20 a step moves it by
     # ±1e-7 of 0.017, which is float rounding (it changes with the convolution kernel); at 2000 it drops 4e-6.
-    step_size = 2000.0 if method == "tsam" else 20.0
-    config = config_node.build_config(method, step_size, 0.5, CASES[method] + "\nmeasure_after_step = true")
+    # step_size stops at 1000, so a chain weight of 2 doubles the gradient instead (the same update as 2000).
+    step_size, weight = (1000.0, 2.0) if method == "tsam" else (20.0, 1.0)
+    config = config_node.build_config(method, step_size, 0.5, CASES[method] + "\nmeasure_after_step = true",
+                                      weight=weight)
     report = _run(harness, graph_parts, config)
     stepped = [r for r in report.steps if r.stepped]
     assert stepped, f"{method}: no guided update"

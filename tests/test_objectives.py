@@ -15,7 +15,7 @@ from binding_guidance.binding_losses import (
     make_objective,
     subject_words,
 )
-from binding_guidance.binding_losses.objectives import eot_columns
+from binding_guidance.binding_losses.subjects import eot_columns
 
 # "a red apple and a green leather bag": 2 red, 3 apple, 6 green, 7 leather, 8 bag
 LAYOUT = TokenLayout(
@@ -36,9 +36,9 @@ def attention(batch: int = 2, dtype: torch.dtype = torch.float32) -> dict[int, A
 
 def test_registry_names_and_defaults() -> None:
     assert METHODS == {"syngen", "syngen_entropy", "divide_and_bind", "attend_and_excite", "tsam"}
-    assert default_params("syngen") == {
-        "scale_factor": 20.0, "guided_fraction": 0.5, "main_factor": None, "include_entities": False
-    }
+    # main_factor is a sampler setting (GuidanceConfig / Binding Guidance Options), not a method hyperparameter.
+    assert default_params("syngen") == {"scale_factor": 20.0, "guided_fraction": 0.5, "include_entities": False}
+    assert not any("main_factor" in default_params(method) for method in METHODS)
     entropy = default_params("syngen_entropy")
     assert entropy["lambda_entropy"] == 0.05 and entropy["gamma_entropy"] == 0.05
     assert entropy["entropy_neg_mode"] == "as_written"
@@ -158,10 +158,9 @@ def test_refinement_counts_and_caps() -> None:
     layout = TokenLayout(bindings=(TokenBinding((3,)),), prompt_positions=(1, 2, 3))
     result = objective.loss(attn, layout, 10, 50)
     runs = 0
-    while refinement.should_continue(result):
+    while refinement.continues(result, runs):
         runs += 1
     assert runs == (3 if bool((result.metric > 0.5).any()) else 0)
-    assert refinement.iterations_done == runs
 
 
 def test_parameters_are_coerced_and_validated() -> None:
@@ -194,3 +193,29 @@ def test_bad_ranges_name_the_parameter() -> None:
         make_objective("attend_and_excite", max_refinement_steps=0)
     with pytest.raises(ValueError, match="guided_fraction"):
         make_objective("tsam", guided_fraction=1.5)
+
+
+def test_the_worked_example_of_adding_a_method_works(tmp_path, monkeypatch) -> None:
+    """docs/architecture.md "Adding a method": one loss file, one objective beside it and one registry line."""
+    import importlib.util
+    import re
+
+    from binding_guidance.binding_losses import objectives
+    from comfy_env import PACK_ROOT
+
+    page = (PACK_ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    code = re.search(r"```python\n(# binding_losses/peak\.py\n.*?)```", page, re.S)
+    assert code is not None, "the worked example is missing from docs/architecture.md"
+    path = tmp_path / "peak.py"
+    path.write_text(code.group(1))
+    spec = importlib.util.spec_from_file_location("binding_guidance.binding_losses.peak", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setitem(objectives._REGISTRY, "peak", module.PeakObjective)
+    peak = make_objective("peak", target="0.7")
+    result = peak.loss({4: attention()[4]}, LAYOUT, 0, 50)
+    assert result.total.shape == (2,) and bool((result.total > 0).all())
+    assert peak.step_size(0, 50) == 20.0 and peak.guides(24, 50) and not peak.guides(25, 50)
+    with pytest.raises(ValueError, match=r"target must be ≥ 0 and ≤ 1, got nan \(default 0.5\)"):
+        make_objective("peak", target="nan")

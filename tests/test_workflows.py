@@ -11,6 +11,7 @@ import copy
 import pytest
 from workflow_tools import (
     FRONTEND_ONLY,
+    PACK_ROOT,
     api_twin_path,
     check_ui_workflow,
     load_json,
@@ -20,6 +21,7 @@ from workflow_tools import (
     ui_to_api,
     ui_workflow_paths,
     widget_layout,
+    with_appended_outputs,
 )
 
 EXPECTED = {
@@ -37,7 +39,7 @@ PAPER_PROMPTS = {
 }
 # scripts/demo.py patches workflows/api/syngen_sd15.json by class_type; these ids and types must stay.
 SEED_SYNGEN = {"3": "BindingGuidedKSampler", "4": "CheckpointLoaderSimple", "5": "EmptyLatentImage",
-               "6": "CLIPTextEncode", "7": "CLIPTextEncode", "8": "VAEDecode", "9": "SaveImage",
+               "7": "CLIPTextEncode", "8": "VAEDecode", "9": "SaveImage",
                "10": "ParseBindings", "11": "BindingLossConfig"}
 UI_PATHS = ui_workflow_paths()
 IDS = [p.stem for p in UI_PATHS]
@@ -99,14 +101,16 @@ def test_ui_workflow_is_documented_and_installable(path, object_info, pack_nodes
 
 
 @pytest.mark.parametrize("path", UI_PATHS, ids=IDS)
-def test_parse_bindings_reads_the_positive_prompt(path):
-    """The two prompt boxes hold the same text, and the paper's prompt where the method has a famous one."""
+def test_prompt_is_typed_once(path):
+    """Parse Bindings' conditioning is the positive input (one prompt box), with the paper's prompt where the method
+    has a famous one."""
     api = load_json(api_twin_path(path))
-    parse = next(n for n in api.values() if n["class_type"] == "ParseBindings")
+    parse_id = next(k for k, n in api.items() if n["class_type"] == "ParseBindings")
+    parse = api[parse_id]
     sampler = next(n for n in api.values() if n["class_type"] in ("BindingGuidedKSampler", "CFGGuider"))
-    positive = api[sampler["inputs"]["positive"][0]]
-    assert positive["class_type"] == "CLIPTextEncode"
-    assert parse["inputs"]["prompt"] == positive["inputs"]["text"]
+    assert sampler["inputs"]["positive"] == [parse_id, 2]
+    encoders = [n for n in api.values() if n["class_type"] == "CLIPTextEncode"]
+    assert [n["inputs"]["text"] for n in encoders] == [""], "only the negative prompt has its own box"
     if path.stem in PAPER_PROMPTS:
         assert parse["inputs"]["prompt"] == PAPER_PROMPTS[path.stem]
     if path.stem == "tsam_sd15":
@@ -166,5 +170,20 @@ def test_api_twin_runs_on_tiny_checkpoint(path, harness, tiny_checkpoint):
     for node_id, node in prompt.items():
         if node["class_type"] == "PreviewImage":
             assert outputs[node_id]["images"], f"{node['_meta']['title']} got no image"
-        if node["class_type"] == "PreviewAny":
-            assert "parser:" in outputs[node_id]["text"][0]
+        if node["class_type"] == "ParseBindings":
+            assert "Parser:" in outputs[node_id]["binding_parse"][0]
+
+
+TWO_NODE_WORKFLOW = PACK_ROOT / "tests" / "data" / "legacy_workflows" / "syngen_sd15.json"
+"""workflows/syngen_sd15.json as shared before the prompt was typed once: CLIP Text Encode + Parse Bindings."""
+
+
+def test_workflow_shared_before_runs_or_refuses_clearly(harness, object_info, tiny_checkpoint):
+    ui = with_appended_outputs(load_json(TWO_NODE_WORKFLOW), object_info)
+    prompt = patch_for_test(ui_to_api(ui, object_info), tiny_checkpoint, size=64, steps=2)
+    harness.run_prompt(prompt)  # both boxes hold the same text: a correct run
+    positive = next(n for n in prompt.values() if n["class_type"] == "CLIPTextEncode" and n["inputs"]["text"])
+    positive["inputs"]["text"] = "a red car and a white sheep"  # only the positive box edited
+    with pytest.raises(AssertionError, match="Parse Bindings read 'a pink sunflower and a yellow flamingo', but "
+                                             "the positive conditioning comes from 'a red car and a white sheep'"):
+        harness.run_prompt(prompt)

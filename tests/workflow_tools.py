@@ -307,6 +307,18 @@ FAST_ADVANCED = {
 }
 
 
+def with_appended_outputs(ui: dict, object_info: dict) -> dict:
+    """``ui`` as the editor loads it: outputs a node's schema appended since the file was saved are added, unlinked
+    (an appended output keeps every saved link valid)."""
+    for node in ui["nodes"]:
+        info = object_info.get(node["type"])
+        if info is None or "outputs" not in node:
+            continue
+        for name, kind in list(zip(info["output_name"], info["output"], strict=True))[len(node["outputs"]):]:
+            node["outputs"].append({"localized_name": name, "name": name, "type": kind, "links": []})
+    return ui
+
+
 def patch_for_test(prompt: dict, ckpt_name: str, size: int = 128, steps: int = 4) -> dict:
     """A copy of an API prompt that runs in seconds on the tiny test checkpoint (patched by class_type)."""
     patched = json.loads(json.dumps(prompt))
