@@ -309,12 +309,14 @@ def check_guided(rig: GuidedRig, prompt: str, variant: tuple[str, str, str], *, 
     parse_mode = mode if mode in ("robust", "faithful") else "robust"
     with torch.inference_mode():
         try:
-            bindings, preview = nodes["ParseBindings"]().parse(rig.clip, prompt, parse_mode, spacy, override)
+            parsed = nodes["ParseBindings"]().parse(rig.clip, prompt, parse_mode, spacy, override)
         except rig.prompt_error as error:
             require(is_invalid_text(prompt) or str(error).startswith("override "), f"PromptError for {prompt!r}")
             return INPUT_ERROR
+        bindings, preview, *encoded = parsed["result"] if isinstance(parsed, dict) else parsed
         require(not is_invalid_text(prompt) and isinstance(preview, str), f"parsed invalid text {prompt!r}")
-        positive = nodes["CLIPTextEncode"]().encode(rig.clip, prompt)[0]
+        # the node's own conditioning output where it has one (how its workflows connect it), else CLIP Text Encode
+        positive = encoded[0] if encoded else nodes["CLIPTextEncode"]().encode(rig.clip, prompt)[0]
         negative = nodes["CLIPTextEncode"]().encode(rig.clip, "")[0]
         config = nodes["BindingLossConfig"]().configure(
             method=method, step_size=20.0, guided_fraction=1.0, advanced=FAST_ADVANCED.get(method, ""), weight=1.0,
