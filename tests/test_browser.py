@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from comfy_server import PACK_FOLDER_NAME, ComfyServer
+from devkit.comfy_server import PACK_FOLDER_NAME, ComfyServer
 from devkit.tiny_dit_models import STAND_INS, dit_arch, use_tiny_dit
 from devkit.workflow_tools import PACK_ROOT, api_twin_path, load_json, patch_for_test, ui_workflow_paths
 

@@ -114,3 +114,23 @@ def execute_prompt(prompt: dict, prompt_id: str = "headless") -> dict:
     if not executor.success:
         raise RuntimeError(f"execution failed: {executor.status_messages}")
     return executor.history_result["outputs"]
+
+
+def load_pack_into_comfy(checkpoints_dir: Path | None = None) -> tuple[types.ModuleType, types.ModuleType]:
+    """ComfyUI's ``nodes`` module with its built-in nodes and this pack loaded by its real custom-node loader, and the
+    pack's module as ComfyUI named it; ``checkpoints_dir`` is added to the checkpoint folders. Idempotent."""
+    import asyncio
+
+    bootstrap_comfy()
+    import folder_paths
+    import nodes
+
+    if checkpoints_dir is not None:
+        folder_paths.add_model_folder_path("checkpoints", str(checkpoints_dir))
+    if "CLIPTextEncode" not in nodes.NODE_CLASS_MAPPINGS or "KSamplerSelect" not in nodes.NODE_CLASS_MAPPINGS:
+        asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
+    name = str(PACK_ROOT).replace(".", "_x_")
+    loaded = name in sys.modules or asyncio.run(nodes.load_custom_node(str(PACK_ROOT), module_parent="custom_nodes"))
+    if not loaded:
+        raise RuntimeError("the pack failed to load into ComfyUI (see the log above)")
+    return nodes, sys.modules[name]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 from pathlib import Path
 
 import torch
@@ -233,3 +234,13 @@ def build_tiny_checkpoint(arch: str, path: Path, seed: int = 0) -> Path:
     if arch not in _BUILDERS:
         raise ValueError(f"unknown arch {arch!r}; expected one of {', '.join(TINY_ARCHS)}")
     return _BUILDERS[arch](path, seed=seed)
+
+
+def cached_tiny_checkpoint(arch: str = "sd15") -> Path:
+    """The tiny ``arch`` checkpoint in the tests' model cache (``.cache/test-models``), built there if missing."""
+    path = Path(__file__).resolve().parent.parent / ".cache" / "test-models" / f"{arch}_tiny_v1.safetensors"
+    if not path.exists():
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        build_tiny_checkpoint(arch, tmp)
+        tmp.replace(path)
+    return path

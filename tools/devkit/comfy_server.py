@@ -28,7 +28,7 @@ from typing import Any
 
 from devkit.comfy_env import find_comfy_root
 
-PACK_ROOT = Path(__file__).resolve().parent.parent
+PACK_ROOT = Path(__file__).resolve().parents[2]
 PACK_FOLDER_NAME = "binding-guidance"  # what ComfyUI-Manager names the clone (the normalised [project] name)
 _OWN = {"main.py", "folder_paths.py"}
 _SKIP = {"extra_model_paths.yaml", "custom_nodes", "models", "input", "output", "user", "__pycache__"}
@@ -75,7 +75,7 @@ class ComfyServer:
         tree = mirror_comfy_tree(find_comfy_root(), self.work_dir / "comfy")
         # The tiny Flux.1 / SD3 stand-in loaders (tools/devkit/tiny_dit_models.py), for queueing the DiT workflows.
         (tree / "custom_nodes" / "tiny_dit_test_nodes.py").write_text(
-            f"import sys\nsys.path.insert(0, {str(Path(__file__).resolve().parent.parent / 'tools')!r})\n"
+            f"import sys\nsys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})\n"
             "from pathlib import Path\nfrom devkit.tiny_dit_models import tiny_dit_node_classes\n"
             f"NODE_CLASS_MAPPINGS = tiny_dit_node_classes(Path({str(self.checkpoints_dir)!r}))\n")
         config = self.work_dir / "extra_model_paths.yaml"
