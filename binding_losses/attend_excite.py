@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
@@ -13,9 +13,12 @@ from ._util import as_batched, check_positions, zero_total
 from .base import ITERATIONS, UNIT_THRESHOLDS, LossResult, Refinement, fp32_maps, metric_above, select_main_level
 from .schedules import AE_THRESHOLDS
 from .smoothing import DEFAULT_KERNEL_SIZE, DEFAULT_SIGMA, gaussian_smooth
-from .subjects import SubjectObjective, subject_words
+from .subjects import MapOptions, SubjectObjective, subject_words
 from .token_maps import CHUNK_SIZE, ColumnRange, token_softmax, word_maps
 from .types import AttentionLevel, TokenLayout, Word
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 KERNEL_SIZES = (1, 3, 5, 7, 9)
 SIGMA = Bounds(0.0, 10.0, exclusive_minimum=True)
@@ -50,41 +53,26 @@ def subject_maps(
     return word_maps(picked, [tuple(local[p] for p in word) for word in subjects])
 
 
-def attend_excite_maxima(maps: torch.Tensor, subjects: Sequence[Word], **kwargs: object) -> torch.Tensor:
+def attend_excite_maxima(maps: torch.Tensor, subjects: Sequence[Word], **options: Unpack[MapOptions]) -> torch.Tensor:
     """Max over pixels of each processed subject map: ``[B, S]`` (see :func:`subject_maps` for options)."""
-    return subject_maps(maps, subjects, **kwargs).flatten(-2).amax(dim=-1)  # type: ignore[arg-type]
+    return subject_maps(maps, subjects, **options).flatten(-2).amax(dim=-1)
 
 
-def attend_excite_loss(
-    maps: torch.Tensor,
-    subjects: Sequence[Word],
-    *,
-    smooth: bool = True,
-    scale: float = 100.0,
-    keep: ColumnRange | Sequence[ColumnRange] | None = None,
-    chunk_size: int = CHUNK_SIZE,
-    kernel_size: int = DEFAULT_KERNEL_SIZE,
-    sigma: float = DEFAULT_SIGMA,
-) -> torch.Tensor:
+def worst_shortfall(maxima: torch.Tensor) -> torch.Tensor:
+    """``[B, S]`` subject maxima -> ``[B]``: ``max_s max(0, 1 - maxima_s)``, the A&E loss."""
+    return (1.0 - maxima).clamp(min=0.0).amax(dim=-1)
+
+
+def attend_excite_loss(maps: torch.Tensor, subjects: Sequence[Word], **options: Unpack[MapOptions]) -> torch.Tensor:
     """A&E loss per batch item ``[B]``: ``max_s max(0, 1 - max_pixels(map_s))``; zeros with no subjects.
 
-    ``keep`` selects the softmax columns per chunk (default: drop SOT and the last column, i.e. columns
-    1..75 of each 77-token chunk; ``(1, E)`` reproduces SD 2.x ``normalize_eot``).
+    ``options`` are :func:`subject_maps`'s; ``keep`` selects the softmax columns per chunk (default: drop SOT and
+    the last column, i.e. columns 1..75 of each 77-token chunk; ``(1, E)`` reproduces SD 2.x ``normalize_eot``).
     """
     maps = as_batched(maps)
     if not subjects:
         return zero_total(maps)
-    maxima = attend_excite_maxima(
-        maps,
-        subjects,
-        smooth=smooth,
-        scale=scale,
-        keep=keep,
-        chunk_size=chunk_size,
-        kernel_size=kernel_size,
-        sigma=sigma,
-    )
-    return (1.0 - maxima).clamp(min=0.0).amax(dim=-1)
+    return worst_shortfall(attend_excite_maxima(maps, subjects, **options))
 
 
 @dataclass
@@ -113,17 +101,9 @@ class AttendExciteObjective(SubjectObjective):
         if not subjects:
             zero = zero_total(maps)
             return LossResult(total=zero, metric=zero.detach(), terms={})
-        maxima = attend_excite_maxima(
-            maps,
-            subjects,
-            smooth=self.smooth,
-            scale=self.softmax_scale,
-            keep=self.softmax_columns(layout, maps.shape[1]),
-            chunk_size=self.softmax_chunk(layout, maps.shape[1]),
-            kernel_size=self.kernel_size,
-            sigma=self.sigma,
-        )
-        total = (1.0 - maxima).clamp(min=0.0).amax(dim=-1)
+        options = self.map_options(layout, maps.shape[1])
+        maxima = attend_excite_maxima(maps, subjects, **options, kernel_size=self.kernel_size, sigma=self.sigma)
+        total = worst_shortfall(maxima)
         return LossResult(total=total, metric=total.detach(), terms={"maxima": maxima.detach()})
 
     def refinement_at(self, phase: int) -> Refinement:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
@@ -21,11 +21,13 @@ from .schedules import (
     divide_bind_refinement_caps,
     divide_bind_weight,
 )
-from .smoothing import DEFAULT_KERNEL_SIZE, DEFAULT_SIGMA, downsample_nearest
-from .subjects import SubjectObjective, attribute_words, subject_words
-from .token_maps import CHUNK_SIZE, ColumnRange
+from .smoothing import downsample_nearest
+from .subjects import MapOptions, SubjectObjective, attribute_words, subject_words
 from .total_variation import TV_VARIANTS, total_variation
 from .types import AttentionLevel, TokenLayout, Word
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 DB_MODES = ("tv_bind", "tv", "max", "tv_max")
 BIND_FLOOR = 1e-5
@@ -74,12 +76,7 @@ def divide_bind_breakdown(
     bind_weight: float = 1.0,
     mode: str = "tv_bind",
     tv_variant: str = "faithful",
-    smooth: bool = True,
-    scale: float = 100.0,
-    keep: ColumnRange | Sequence[ColumnRange] | None = None,
-    chunk_size: int = CHUNK_SIZE,
-    kernel_size: int = DEFAULT_KERNEL_SIZE,
-    sigma: float = DEFAULT_SIGMA,
+    **options: Unpack[MapOptions],
 ) -> DivideBindBreakdown:
     """D&B with every piece exposed. See :func:`divide_bind_loss` for the arguments."""
     if mode not in DB_MODES:
@@ -90,9 +87,7 @@ def divide_bind_breakdown(
         zero = zero_total(maps)
         empty = maps.new_zeros(batch, 0)
         return DivideBindBreakdown(zero, empty, empty, empty, empty, zero.detach())
-    options = {"smooth": smooth, "scale": scale, "keep": keep, "chunk_size": chunk_size}
-    options.update(kernel_size=kernel_size, sigma=sigma)
-    obj = subject_maps(maps, objects, **options)  # type: ignore[arg-type]
+    obj = subject_maps(maps, objects, **options)
     tv = total_variation(obj, tv_variant)  # [B, S]
     maxima = obj.flatten(-2).amax(dim=-1)
     bind = torch.zeros_like(tv)
@@ -107,7 +102,7 @@ def divide_bind_breakdown(
             if not attribute:
                 columns.append(torch.zeros_like(tv[:, j]))
                 continue
-            attr_map = subject_maps(source, [attribute], **options)[:, 0]  # type: ignore[arg-type]
+            attr_map = subject_maps(source, [attribute], **options)[:, 0]
             columns.append(binding_jsd(obj[:, j], attr_map, tv[:, j]))
         bind = torch.stack(columns, dim=1)
     if mode == "max":
@@ -121,21 +116,20 @@ def divide_bind_breakdown(
     return DivideBindBreakdown(total, tv, maxima, bind, value, indicator)
 
 
+class DivideBindOptions(MapOptions, total=False):
+    """The keyword options of :func:`divide_bind_breakdown`."""
+
+    bind_weight: float
+    mode: str
+    tv_variant: str
+
+
 def divide_bind_loss(
     maps: torch.Tensor,
     objects: Sequence[Word],
     attribute_maps: torch.Tensor | None = None,
     attributes: Sequence[Word | None] | None = None,
-    *,
-    bind_weight: float = 1.0,
-    mode: str = "tv_bind",
-    tv_variant: str = "faithful",
-    smooth: bool = True,
-    scale: float = 100.0,
-    keep: ColumnRange | Sequence[ColumnRange] | None = None,
-    chunk_size: int = CHUNK_SIZE,
-    kernel_size: int = DEFAULT_KERNEL_SIZE,
-    sigma: float = DEFAULT_SIGMA,
+    **options: Unpack[DivideBindOptions],
 ) -> torch.Tensor:
     """D&B loss per batch item ``[B]``: ``-min_s v_s`` with ``v_s = TV(Â_s) - bind_weight * JSD_s`` (tv_bind).
 
@@ -145,23 +139,10 @@ def divide_bind_loss(
     attribute word or ``None``. Both go through the A&E processing (token softmax, smoothing).
     ``bind_weight`` is λ_i (see :func:`~.schedules.divide_bind_weight`). Other ``mode``s: ``"tv"``,
     ``"max"`` (v = max attention), ``"tv_max"`` (v = TV + 0.3 max). ``tv_variant``: see
-    :func:`~.total_variation.total_variation`. Zeros when there are no objects.
+    :func:`~.total_variation.total_variation`. ``options`` are :func:`~.attend_excite.subject_maps`'s. Zeros
+    when there are no objects.
     """
-    return divide_bind_breakdown(
-        maps,
-        objects,
-        attribute_maps,
-        attributes,
-        bind_weight=bind_weight,
-        mode=mode,
-        tv_variant=tv_variant,
-        smooth=smooth,
-        scale=scale,
-        keep=keep,
-        chunk_size=chunk_size,
-        kernel_size=kernel_size,
-        sigma=sigma,
-    ).total
+    return divide_bind_breakdown(maps, objects, attribute_maps, attributes, **options).total
 
 
 DB_THRESHOLDS = Bounds(0.0, 1000.0)
@@ -255,10 +236,7 @@ class DivideBindObjective(SubjectObjective):
             bind_weight=weight,
             mode=self.loss_mode,
             tv_variant=self.tv_variant,
-            smooth=self.smooth,
-            scale=self.softmax_scale,
-            keep=self.softmax_columns(layout, maps.shape[1]),
-            chunk_size=self.softmax_chunk(layout, maps.shape[1]),
+            **self.map_options(layout, maps.shape[1]),
         )
         terms = {
             "tv": out.tv.detach(),

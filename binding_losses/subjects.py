@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypedDict
 
 from ..settings import setting
 from .base import SOFTMAX_SCALE, DecayingSchedule
 from .token_maps import CHUNK_SIZE, ColumnRange
 from .types import TokenLayout, Word
+
+
+class MapOptions(TypedDict, total=False):
+    """Keyword options of :func:`~.attend_excite.subject_maps`, passed through by the A&E and D&B losses."""
+
+    smooth: bool
+    scale: float
+    keep: ColumnRange | Sequence[ColumnRange] | None
+    chunk_size: int
+    kernel_size: int
+    sigma: float
 
 
 def subject_words(layout: TokenLayout) -> tuple[Word, ...]:
@@ -53,3 +66,12 @@ class SubjectObjective(DecayingSchedule):
     def softmax_chunk(layout: TokenLayout, num_tokens: int) -> int:
         """Columns per token softmax: CLIP's 77-token chunks, or the whole T5 context."""
         return CHUNK_SIZE if layout.clip_chunks else num_tokens
+
+    def map_options(self, layout: TokenLayout, num_tokens: int) -> MapOptions:
+        """The token-softmax options of :func:`~.attend_excite.subject_maps` for this objective and layout."""
+        return MapOptions(
+            smooth=self.smooth,
+            scale=self.softmax_scale,
+            keep=self.softmax_columns(layout, num_tokens),
+            chunk_size=self.softmax_chunk(layout, num_tokens),
+        )
