@@ -84,34 +84,59 @@ def _node(node_id: int, kind: str, pos: tuple[int, int], size: tuple[int, int], 
             "widgets": widgets or {}, "links_in": inputs or {}}
 
 
+def _sd15_loader() -> dict:
+    return _node(4, "CheckpointLoaderSimple", (30, 330), (330, 98), "Load Checkpoint (SD1.5)", {"ckpt_name": SD15})
+
+
+def _prompt_nodes(method: str, clip: tuple[int, int], negative_box: tuple[tuple[int, int], tuple[int, int]],
+                  negative_title: str = "Negative prompt") -> list[dict]:
+    """Parse Bindings with the method's reference prompt, the empty negative prompt, and the method's config."""
+    spec = METHODS[method]
+    return [
+        _node(10, "ParseBindings", (420, 40), (400, 340), "Prompt (Parse Bindings)",
+              {"prompt": spec["prompt"], "mode": "robust", "spacy_model": "en_core_web_sm", "override": ""},
+              {"clip": clip}),
+        _node(7, "CLIPTextEncode", *negative_box, negative_title, {"text": ""}, {"clip": clip}),
+        _node(11, "BindingLossConfig", (420, 700), (400, 260), f"Binding Loss Config ({method})",
+              {"method": method, "step_size": spec["step_size"], "guided_fraction": spec["guided_fraction"],
+               "advanced": "", "weight": 1.0, "words": "", "guidance_mode": "faithful"}),
+    ]
+
+
+def _ksampler_nodes(name: str, sampler: dict, links: dict) -> list[dict]:
+    """Binding-Guided KSampler → decode/save, plus its attention-map and loss-curve previews. ``links`` names where
+    the model, vae and positive conditioning come from; ``sampler`` holds the sampler's other widgets."""
+    return [
+        _node(3, "BindingGuidedKSampler", (880, 40), (340, 330), "Binding-Guided KSampler",
+              {"seed": 16, "denoise": 1.0, **sampler},
+              {"model": links["model"], "positive": links["positive"], "negative": (7, 0), "latent_image": (5, 0),
+               "bindings": (10, 0), "config": (11, 0)}),
+        _node(8, "VAEDecode", (1270, 40), (210, 46), "VAE Decode", {}, {"samples": (3, 0), "vae": links["vae"]}),
+        _node(9, "SaveImage", (1520, 40), (420, 460), "Save Image", {"filename_prefix": f"binding_guidance/{name}"},
+              {"images": (8, 0)}),
+        _node(12, "PreviewImage", (880, 420), (340, 300), "Attention maps", {}, {"images": (3, 1)}),
+        _node(13, "PreviewImage", (1270, 540), (340, 300), "Loss curve", {}, {"images": (3, 2)}),
+    ]
+
+
+def _note(text: str) -> dict:
+    return _node(15, "Note", (30, 40), (360, 260), "About this workflow", {"text": text})
+
+
 def standard_graph(method: str) -> tuple[list[dict], str]:
     """Checkpoint → Parse Bindings (the prompt, typed once) + negative encode + Binding Loss Config →
     Binding-Guided KSampler → decode/save."""
     spec = METHODS[method]
-    prompt = spec["prompt"]
     nodes = [
-        _node(4, "CheckpointLoaderSimple", (30, 330), (330, 98), "Load Checkpoint (SD1.5)", {"ckpt_name": SD15}),
-        _node(10, "ParseBindings", (420, 40), (400, 340), "Prompt (Parse Bindings)",
-              {"prompt": prompt, "mode": "robust", "spacy_model": "en_core_web_sm", "override": ""},
-              {"clip": (4, 1)}),
-        _node(7, "CLIPTextEncode", (420, 420), (400, 120), "Negative prompt", {"text": ""}, {"clip": (4, 1)}),
-        _node(11, "BindingLossConfig", (420, 700), (400, 260), f"Binding Loss Config ({method})",
-              {"method": method, "step_size": spec["step_size"], "guided_fraction": spec["guided_fraction"],
-               "advanced": "", "weight": 1.0, "words": "", "guidance_mode": "faithful"}),
+        _sd15_loader(),
+        *_prompt_nodes(method, (4, 1), ((420, 420), (400, 120))),
         _node(5, "EmptyLatentImage", (420, 1000), (400, 106), "Empty Latent Image",
               {"width": 512, "height": 512, "batch_size": 1}),
-        _node(3, "BindingGuidedKSampler", (880, 40), (340, 330), "Binding-Guided KSampler",
-              {"seed": 16, "steps": 50, "cfg": 7.5, "sampler_name": "ddim", "scheduler": "normal", "denoise": 1.0},
-              {"model": (4, 0), "positive": (10, 2), "negative": (7, 0), "latent_image": (5, 0),
-               "bindings": (10, 0), "config": (11, 0)}),
-        _node(8, "VAEDecode", (1270, 40), (210, 46), "VAE Decode", {}, {"samples": (3, 0), "vae": (4, 2)}),
-        _node(9, "SaveImage", (1520, 40), (420, 460), "Save Image",
-              {"filename_prefix": f"binding_guidance/{method}"}, {"images": (8, 0)}),
-        _node(12, "PreviewImage", (880, 420), (340, 300), "Attention maps", {}, {"images": (3, 1)}),
-        _node(13, "PreviewImage", (1270, 540), (340, 300), "Loss curve", {}, {"images": (3, 2)}),
+        *_ksampler_nodes(method, {"steps": 50, "cfg": 7.5, "sampler_name": "ddim", "scheduler": "normal"},
+                         {"model": (4, 0), "positive": (10, 2), "vae": (4, 2)}),
     ]
-    note = f"{spec['about']}\n\nPrompt (from the paper's examples): \"{prompt}\".\n\n{COMMON_NOTE}"
-    nodes.append(_node(15, "Note", (30, 40), (360, 260), "About this workflow", {"text": note}))
+    note = f"{spec['about']}\n\nPrompt (from the paper's examples): \"{spec['prompt']}\".\n\n{COMMON_NOTE}"
+    nodes.append(_note(note))
     return nodes, f"Binding Guidance: {method}"
 
 
@@ -119,14 +144,8 @@ def custom_sampler_graph() -> tuple[list[dict], str]:
     """KSamplerSelect → Binding-Guided Sampler → SamplerCustomAdvanced (any guider, scheduler and noise)."""
     prompt = METHODS["syngen"]["prompt"]
     nodes = [
-        _node(4, "CheckpointLoaderSimple", (30, 330), (330, 98), "Load Checkpoint (SD1.5)", {"ckpt_name": SD15}),
-        _node(10, "ParseBindings", (420, 40), (400, 340), "Prompt (Parse Bindings)",
-              {"prompt": prompt, "mode": "robust", "spacy_model": "en_core_web_sm", "override": ""},
-              {"clip": (4, 1)}),
-        _node(7, "CLIPTextEncode", (420, 420), (400, 120), "Negative prompt", {"text": ""}, {"clip": (4, 1)}),
-        _node(11, "BindingLossConfig", (420, 700), (400, 260), "Binding Loss Config (syngen)",
-              {"method": "syngen", "step_size": 20.0, "guided_fraction": 0.5, "advanced": "", "weight": 1.0,
-               "words": "", "guidance_mode": "faithful"}),
+        _sd15_loader(),
+        *_prompt_nodes("syngen", (4, 1), ((420, 420), (400, 120))),
         _node(5, "EmptyLatentImage", (420, 1000), (400, 106), "Empty Latent Image",
               {"width": 512, "height": 512, "batch_size": 1}),
         _node(20, "KSamplerSelect", (880, 40), (320, 58), "Sampler", {"sampler_name": "ddim"}),
@@ -151,7 +170,7 @@ def custom_sampler_graph() -> tuple[list[dict], str]:
         "Binding-Guided KSampler workflows are the simpler form and also show attention maps and the loss "
         "curve.\n\n" + COMMON_NOTE.split(" 'Attention maps'")[0]
     )
-    nodes.append(_node(15, "Note", (30, 40), (360, 260), "About this workflow", {"text": note}))
+    nodes.append(_note(note))
     return nodes, "Binding Guidance: custom sampler"
 
 
@@ -164,32 +183,17 @@ SD35_FILES = {"ckpt": "sd3.5_large.safetensors", "clip_l": "clip_l.safetensors",
 def _dit_graph(name: str, loaders: list[dict], links: dict, sampler: dict, about: str, needs: str) -> list[dict]:
     """A SynGen graph for a DiT: its loader nodes, then the nodes every DiT workflow shares. ``links`` names where
     the model, clip, vae and positive conditioning come from; ``sampler`` holds steps, cfg and scheduler."""
-    prompt = METHODS["syngen"]["prompt"]
-    clip = links["clip"]
     nodes = [
         *loaders,
-        _node(10, "ParseBindings", (420, 40), (400, 340), "Prompt (Parse Bindings)",
-              {"prompt": prompt, "mode": "robust", "spacy_model": "en_core_web_sm", "override": ""}, {"clip": clip}),
-        _node(7, "CLIPTextEncode", (420, 460), (400, 100), links.get("negative_title", "Negative prompt"),
-              {"text": ""}, {"clip": clip}),
-        _node(11, "BindingLossConfig", (420, 700), (400, 260), "Binding Loss Config (syngen)",
-              {"method": "syngen", "step_size": 20.0, "guided_fraction": 0.5, "advanced": "", "weight": 1.0,
-               "words": "", "guidance_mode": "faithful"}),
+        *_prompt_nodes("syngen", links["clip"], ((420, 460), (400, 100)),
+                       links.get("negative_title", "Negative prompt")),
         _node(5, "EmptySD3LatentImage", (420, 1000), (400, 106), "Empty Latent Image (16 channels)",
               {"width": 1024, "height": 1024, "batch_size": 1}),
-        _node(3, "BindingGuidedKSampler", (880, 40), (340, 330), "Binding-Guided KSampler",
-              {"seed": 16, "sampler_name": "euler", "denoise": 1.0, **sampler},
-              {"model": links["model"], "positive": links["positive"], "negative": (7, 0), "latent_image": (5, 0),
-               "bindings": (10, 0), "config": (11, 0)}),
-        _node(8, "VAEDecode", (1270, 40), (210, 46), "VAE Decode", {}, {"samples": (3, 0), "vae": links["vae"]}),
-        _node(9, "SaveImage", (1520, 40), (420, 460), "Save Image", {"filename_prefix": f"binding_guidance/{name}"},
-              {"images": (8, 0)}),
-        _node(12, "PreviewImage", (880, 420), (340, 300), "Attention maps", {}, {"images": (3, 1)}),
-        _node(13, "PreviewImage", (1270, 540), (340, 300), "Loss curve", {}, {"images": (3, 2)}),
+        *_ksampler_nodes(name, {"sampler_name": "euler", **sampler}, links),
     ]
     sd15_needs = COMMON_NOTE[COMMON_NOTE.index("Needs an SD1.x checkpoint"):]
     note = f"{METHODS['syngen']['about']}\n\n{about}\n\n" + COMMON_NOTE.replace(sd15_needs, needs)
-    nodes.append(_node(15, "Note", (30, 40), (360, 260), "About this workflow", {"text": note}))
+    nodes.append(_note(note))
     return nodes
 
 
