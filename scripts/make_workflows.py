@@ -255,7 +255,6 @@ WORKFLOWS = {
 def build_ui(name: str, specs: list[dict], object_info: dict, pack_nodes: set[str]) -> dict:
     """Lay the spec out as the editor's UI format (schema 0.4)."""
     cnr_id, version = pack_identity()
-    by_id = {spec["id"]: spec for spec in specs}
     links: list[list] = []
     node_inputs: dict[int, list[dict]] = {}
     node_outputs: dict[int, list[dict]] = {}
@@ -273,18 +272,14 @@ def build_ui(name: str, specs: list[dict], object_info: dict, pack_nodes: set[st
         sockets, widgets = [], []
         for name, input_spec, required in input_specs(info):
             kind = "COMBO" if isinstance(input_spec[0], list) else input_spec[0]
-            if is_widget(input_spec):  # the editor lists widget inputs after the sockets, unlinked
-                widget = {"localized_name": name, "name": name, "type": kind, "widget": {"name": name}, "link": None}
-                if not required:
-                    widget = {"localized_name": name, "name": name, "shape": 7, "type": kind,
-                              "widget": {"name": name}, "link": None}
-                widgets.append(widget)
-                continue
-            if name not in spec["links_in"] and required:
-                raise ValueError(f"{spec['type']} {spec['id']}: required input '{name}' is not connected")
             entry = {"localized_name": name, "name": name}
             if not required:
                 entry["shape"] = 7  # the editor draws optional sockets hollow
+            if is_widget(input_spec):  # the editor lists widget inputs after the sockets, unlinked
+                widgets.append({**entry, "type": kind, "widget": {"name": name}, "link": None})
+                continue
+            if name not in spec["links_in"] and required:
+                raise ValueError(f"{spec['type']} {spec['id']}: required input '{name}' is not connected")
             sockets.append({**entry, "type": kind, "link": None})
         node_inputs[spec["id"]] = sockets + widgets
     link_id = 0
@@ -328,7 +323,6 @@ def build_ui(name: str, specs: list[dict], object_info: dict, pack_nodes: set[st
         node.update(inputs=node_inputs[spec["id"]], outputs=node_outputs[spec["id"]], title=spec["title"],
                     properties=properties, widgets_values=values)
         nodes.append(node)
-    del by_id
     return {
         "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"binding-guidance/workflows/{name}")),
         "revision": 0,
