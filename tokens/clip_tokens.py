@@ -6,16 +6,12 @@ is 0 for SOT/EOT/padding. A token's column in the conditioning context is the su
 its index in its chunk (``chunk * 77 + index`` for standard chunks), so moved or split groups are taken from the
 output as they are, never recomputed.
 
-Character spans are recovered by rebuilding the text ComfyUI hands to CLIP (``prompt_text.comfy_groups``, which
-tracks original indices) and aligning it with the bytes of the decoded BPE pieces. CLIP lowercases, drops
-whitespace and may normalise unicode; characters that do not match one-to-one are shared out between their
-matched neighbours. No torch or ComfyUI import happens at module import time.
+Character spans come from aligning the decoded BPE pieces with the prompt text (``char_align``). No torch or
+ComfyUI import happens at module import time.
 """
 
 from __future__ import annotations
 
-import codecs
-import difflib
 import importlib.util
 import json
 import numbers
@@ -26,6 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..parsers.errors import PromptError, check_text
+from .char_align import bpe_target_stream, piece_spans
 from .prompt_text import comfy_groups
 
 TokenKind = Literal["start", "end", "pad", "text", "embedding"]
@@ -157,31 +154,6 @@ def _default_inv_vocab() -> dict[int, str]:
     return {v: k for k, v in vocab.items()}
 
 
-@lru_cache(maxsize=1)
-def _byte_decoder() -> dict[str, int]:
-    """Inverse of the byte-level BPE alphabet (bytes mapped to printable characters, as in GPT-2/CLIP)."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    table: dict[str, int] = {chr(b): b for b in printable}
-    extra = 0
-    for b in range(256):
-        if b not in printable:
-            table[chr(256 + extra)] = b
-            extra += 1
-    return table
-
-
-def _piece_bytes(piece: str) -> bytes:
-    core = piece[:-4] if piece.endswith("</w>") else piece
-    table = _byte_decoder()
-    out = bytearray()
-    for ch in core:
-        if ch in table:
-            out.append(table[ch])
-        else:
-            out.extend(ch.encode("utf-8"))
-    return bytes(out)
-
-
 def _is_id(token: Any) -> bool:
     return isinstance(token, numbers.Integral) and not isinstance(token, bool)
 
@@ -221,101 +193,6 @@ def _pick_key(output: Mapping[str, Any]) -> tuple[str, tuple[str, ...]]:
                 f"encoders '{primary}' and '{key}' produced different token layouts; positions would be ambiguous"
             )
     return primary, (primary, *tuple(k for k in keys if k != primary))
-
-
-# --- character alignment ---------------------------------------------------------------------------------------
-
-
-def _source_stream(text: str, embeddings: bool, disable_weights: bool) -> tuple[str, list[int | None]]:
-    """Non-whitespace characters ComfyUI hands to CLIP, lowercased, with their original indices."""
-    chars: list[str] = []
-    src: list[int | None] = []
-    for group in comfy_groups(text, embeddings=embeddings, disable_weights=disable_weights):
-        if group.kind != "text":
-            continue
-        for ch, origin in zip(group.text, group.source, strict=True):
-            if ch.isspace():
-                continue
-            for low in ch.lower():
-                chars.append(low)
-                src.append(origin)
-    return "".join(chars), src
-
-
-def _target_stream(pieces: Sequence[str]) -> tuple[str, list[tuple[int, ...]]]:
-    """Decoded text of the pieces and, per decoded character, the pieces that hold its bytes."""
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    chars: list[str] = []
-    owners: list[tuple[int, ...]] = []
-    pending: list[int] = []
-    for k, piece in enumerate(pieces):
-        for byte in _piece_bytes(piece):
-            pending.append(k)
-            out = decoder.decode(bytes([byte]))
-            if out:
-                holders = tuple(sorted(set(pending)))
-                for ch in out:
-                    chars.append(ch)
-                    owners.append(holders)
-                pending = []
-    tail = decoder.decode(b"", final=True)
-    if tail:
-        holders = tuple(sorted(set(pending))) or ((len(pieces) - 1,) if pieces else ())
-        for ch in tail:
-            chars.append(ch)
-            owners.append(holders)
-    return "".join(chars), owners
-
-
-def _align_streams(source: str, target: str) -> list[tuple[int, ...]]:
-    """For every target character, the source characters it stands for."""
-    if source == target:
-        return [(j,) for j in range(len(target))]
-    matched: list[int | None] = [None] * len(target)
-    matcher = difflib.SequenceMatcher(None, source, target, autojunk=False)
-    for block in matcher.get_matching_blocks():
-        for k in range(block.size):
-            matched[block.b + k] = block.a + k
-    out: list[tuple[int, ...]] = [() for _ in target]
-    j = 0
-    while j < len(target):
-        if matched[j] is not None:
-            out[j] = (matched[j],)
-            j += 1
-            continue
-        run_start = j
-        while j < len(target) and matched[j] is None:
-            j += 1
-        prev_src = matched[run_start - 1] if run_start > 0 else -1
-        next_src = matched[j] if j < len(target) else len(source)
-        lo, hi = prev_src + 1, next_src  # unmatched source chars between the anchors
-        n, m = j - run_start, hi - lo
-        if m <= 0:
-            continue
-        for r in range(n):  # share the unmatched source chars out in order
-            a = lo + (r * m) // n
-            b = max(lo + ((r + 1) * m) // n, a + 1)
-            out[run_start + r] = tuple(range(a, min(b, hi)))
-    return out
-
-
-def _spans(
-    text: str, pieces: Sequence[str], embeddings: bool, disable_weights: bool
-) -> tuple[list[tuple[int, int] | None], bool]:
-    """Original span of every text piece, and whether the alignment was exact."""
-    source, src_index = _source_stream(text, embeddings, disable_weights)
-    target, owners = _target_stream(pieces)
-    mapping = _align_streams(source, target)
-    hits: list[set[int]] = [set() for _ in pieces]
-    for j, src_chars in enumerate(mapping):
-        for k in owners[j]:
-            for s in src_chars:
-                origin = src_index[s]
-                if origin is not None:
-                    hits[k].add(origin)
-    spans = [(min(h), max(h) + 1) if h else None for h in hits]
-    return spans, source == target
-
 
 # --- public API ------------------------------------------------------------------------------------------------
 
@@ -377,7 +254,10 @@ def token_table(
         offset += len(chunk)
 
     text_rows = [r for r in raw if r["kind"] == "text"]
-    spans, exact = _spans(text, [r["piece"] for r in text_rows], embeddings_active, disable_weights)
+    pieces = [r["piece"] for r in text_rows]
+    spans, exact = piece_spans(
+        text, bpe_target_stream(pieces), len(pieces), embeddings=embeddings_active, disable_weights=disable_weights
+    )
     if not exact:
         warnings.append(
             "prompt text and CLIP pieces differ (unicode normalisation or unexpected syntax); "

@@ -14,35 +14,24 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .clip_tokens import ClipToken, TokenTable, _align_streams, _source_stream
+from .char_align import piece_spans
+from .clip_tokens import ClipToken, TokenTable
 
 T5_KEY = "t5xxl"
 T5_END_ID = 1
 WORD_START = "▁"
 
 
-def _target_stream(pieces: Sequence[str]) -> tuple[str, list[int]]:
+def _target_stream(pieces: Sequence[str]) -> tuple[str, list[tuple[int, ...]]]:
     """Decoded text of sentencepiece ``pieces`` (lowercased, no word-start marks) and each character's piece."""
     chars: list[str] = []
-    owners: list[int] = []
+    owners: list[tuple[int, ...]] = []
     for k, piece in enumerate(pieces):
         for ch in piece.replace(WORD_START, "").lower():
             if not ch.isspace():
                 chars.append(ch)
-                owners.append(k)
+                owners.append((k,))
     return "".join(chars), owners
-
-
-def _spans(text: str, pieces: Sequence[str], disable_weights: bool) -> tuple[list[tuple[int, int] | None], bool]:
-    source, src_index = _source_stream(text, embeddings=False, disable_weights=disable_weights)
-    target, owners = _target_stream(pieces)
-    hits: list[set[int]] = [set() for _ in pieces]
-    for j, src_chars in enumerate(_align_streams(source, target)):
-        for s in src_chars:
-            origin = src_index[s]
-            if origin is not None:
-                hits[owners[j]].add(origin)
-    return [(min(h), max(h) + 1) if h else None for h in hits], source == target
 
 
 def t5_token_table(
@@ -75,7 +64,10 @@ def t5_token_table(
             rows.append(row)
         offset += len(chunk)
     text_rows = [r for r in rows if r["kind"] == "text"]
-    spans, exact = _spans(text, [r["piece"] for r in text_rows], disable_weights)
+    pieces = [r["piece"] for r in text_rows]
+    spans, exact = piece_spans(
+        text, _target_stream(pieces), len(pieces), embeddings=False, disable_weights=disable_weights
+    )
     warnings: list[str] = []
     if not exact:
         warnings.append("prompt text and T5 pieces differ (normalisation or unknown characters); "
