@@ -2,6 +2,7 @@
 
 - ``comfy_env``: makes a real headless ComfyUI and the pack (as ``binding_guidance``) importable;
 - ``tiny_models``: tiny random-weight checkpoints built with ComfyUI's own classes;
+- ``token_layouts``: parser-output stand-ins and token tables/layouts from a real tokenizer;
 - ``guided_runs``: the spec's example prompt and guided/stock sampling runs on a tiny model;
 - ``workflow_tools``: UI ↔ API workflow conversion checked against node schemas.
 
