@@ -11,15 +11,13 @@ from __future__ import annotations
 import re
 
 from .lexicon import (
-    COLOURS,
     DEGREE_ADVERBS,
     LEXICAL_COMPOUNDS,
-    MULTIWORD_MODIFIERS,
     NEGATIONS,
     PRONOUNS,
     QUANTIFIERS,
-    SHADES,
     SIZE_ADJECTIVES,
+    is_two_word_modifier,
     looks_adjectival,
 )
 from .types import Entity, Word
@@ -65,8 +63,7 @@ def _merge_units(words: list[tuple[str, int, int]], prompt: str) -> list[Word]:
         text, s, e = words[i]
         if i + 1 < len(words):
             nt, _ns, ne = words[i + 1]
-            pair = (text.lower(), nt.lower())
-            if (pair[0] in SHADES and pair[1] in COLOURS) or pair in MULTIWORD_MODIFIERS:
+            if is_two_word_modifier(text.lower(), nt.lower()):
                 out.append(Word(prompt[s:ne], s, ne))
                 i += 2
                 continue

@@ -81,6 +81,11 @@ these those who whom whose which what something anything nothing everything some
 """.split())
 
 
+def is_two_word_modifier(first: str, second: str) -> bool:
+    """Whether two lowercase words form one modifier: a shade and a colour ("light blue") or a fixed pair."""
+    return (first in SHADES and second in COLOURS) or (first, second) in MULTIWORD_MODIFIERS
+
+
 def looks_adjectival(word: str) -> bool:
     """Colour, material, attribute noun or common adjective (whatever the tagger said)."""
     w = word.lower()

@@ -22,15 +22,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .lexicon import (
-    COLOURS,
     COPULAS,
     DEGREE_ADVERBS,
     LEXICAL_COMPOUNDS,
-    MULTIWORD_MODIFIERS,
     NEGATIONS,
     PRONOUNS,
     QUANTIFIERS,
     SHADES,
+    is_two_word_modifier,
     looks_adjectival,
 )
 from .types import Entity, Word
@@ -354,9 +353,8 @@ class _Parse:
                 used.update(range(a, b + 1))
                 continue
             j = i + 1
-            if (j in ids and j not in self.groups and doc[i].whitespace_ and (
-                    (_low(doc[i]) in SHADES and _low(doc[j]) in COLOURS)
-                    or (_low(doc[i]), _low(doc[j])) in MULTIWORD_MODIFIERS)):
+            if (j in ids and j not in self.groups and doc[i].whitespace_
+                    and is_two_word_modifier(_low(doc[i]), _low(doc[j]))):
                 units.append((i, j))
                 used.update((i, j))
                 continue
