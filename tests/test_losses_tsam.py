@@ -84,11 +84,15 @@ def test_similarity_and_normalised_similarity(dtype: torch.dtype) -> None:
     close(row_normalize(c), [EXPECTED_S])
 
 
+def spec_inputs(dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The spec's cross-attention maps, text self-attention T and cross-attention similarity C."""
+    maps = spec_attention(dtype)
+    return maps, text_attention_matrix(torch.tensor(RAW_TEXT, dtype=dtype)), cross_attention_similarity(maps, POSITIONS)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_code_loss(dtype: torch.dtype) -> None:
-    maps = spec_attention(dtype)
-    t = text_attention_matrix(torch.tensor(RAW_TEXT, dtype=dtype))
-    c = cross_attention_similarity(maps, POSITIONS)
+    maps, t, c = spec_inputs(dtype)
     close(tsam_code_row_terms(t, c), [[0.0, 0.14595668, 0.28022335]])
     close(tsam_loss(maps, t, POSITIONS), [0.42618003])
     close(tsam_loss(maps, t, POSITIONS, smooth=False), [0.81354119])
@@ -96,9 +100,7 @@ def test_code_loss(dtype: torch.dtype) -> None:
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_paper_loss(dtype: torch.dtype) -> None:
-    maps = spec_attention(dtype)
-    t = text_attention_matrix(torch.tensor(RAW_TEXT, dtype=dtype))
-    c = cross_attention_similarity(maps, POSITIONS)
+    maps, t, c = spec_inputs(dtype)
     close(tsam_paper_row_terms(t, c), [[0.45136158, 0.96906464, 1.47104078]])
     close(tsam_loss(maps, t, POSITIONS, loss_type="paper"), [2.89146701])
 
