@@ -63,6 +63,13 @@ def _plain(graph: dict) -> dict:
     return {k: v for k, v in plain.items() if k not in removed}
 
 
+def _set_input(graph: dict, class_type: str, name: str, value: Any) -> None:
+    """Set input ``name`` of every ``class_type`` node of the API graph."""
+    for node in graph.values():
+        if node["class_type"] == class_type:
+            node["inputs"][name] = value
+
+
 def _sampler_id(graph: dict) -> str:
     return next(k for k, n in graph.items() if n["class_type"] == "BindingGuidedKSampler")
 
@@ -110,9 +117,7 @@ def test_same_seed_same_image_and_no_leak_into_plain_ksampler(harness: Any, tiny
 
 def test_prompt_without_bindings_samples_exactly_like_ksampler(harness: Any, tiny_checkpoint: str) -> None:
     graph = _graph(tiny_checkpoint, measure=False)
-    for node in graph.values():
-        if node["class_type"] == "ParseBindings":
-            node["inputs"]["prompt"] = "a cat and a dog"
+    _set_input(graph, "ParseBindings", "prompt", "a cat and a dog")
     outputs = harness.run_prompt(graph)
     assert outputs[_sampler_id(graph)]["binding_report"][0]["steps"] == []
     assert _images(harness, outputs) == _images(harness, harness.run_prompt(_plain(graph)))
@@ -126,9 +131,7 @@ def test_refused_sampler_fails_with_its_message(harness: Any, tiny_checkpoint: s
 def test_fast_mode_from_the_config_node_runs_in_the_workflow(harness: Any, tiny_checkpoint: str) -> None:
     """guidance_mode = fast on Binding Loss Config: the run is guided, deterministic and differs from faithful."""
     fast = _graph(tiny_checkpoint, measure=False)
-    for node in fast.values():
-        if node["class_type"] == "BindingLossConfig":
-            node["inputs"]["guidance_mode"] = "fast"
+    _set_input(fast, "BindingLossConfig", "guidance_mode", "fast")
     outputs = harness.run_prompt(fast)
     report = outputs[_sampler_id(fast)]["binding_report"][0]
     assert [(s["step"], s["stepped"]) for s in report["steps"]] == [(0, True), (1, True), (2, True)]
@@ -141,8 +144,6 @@ def test_fast_mode_from_the_config_node_runs_in_the_workflow(harness: Any, tiny_
 
 def test_unknown_guidance_mode_is_refused_by_validation(harness: Any, tiny_checkpoint: str) -> None:
     graph = _graph(tiny_checkpoint, measure=False)
-    for node in graph.values():
-        if node["class_type"] == "BindingLossConfig":
-            node["inputs"]["guidance_mode"] = "fastest"
+    _set_input(graph, "BindingLossConfig", "guidance_mode", "fastest")
     with pytest.raises(AssertionError, match="guidance_mode"):
         harness.run_prompt(graph)
