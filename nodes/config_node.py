@@ -13,7 +13,14 @@ from typing import Any
 
 from ..binding_losses.objectives import METHODS, ChainTerm, ObjectiveChain, make_objective, method_settings
 from ..guidance.inputs import JOINT_ATTENTION_SETTINGS, SAMPLER_SETTINGS, GuidanceConfig, GuidanceOptions
-from ..settings import SettingError, declared_settings, parse_advanced, settings_table, widget_spec
+from ..settings import (
+    SettingError,
+    declared_settings,
+    parse_advanced,
+    settings_table,
+    unknown_keys_error,
+    widget_spec,
+)
 
 CATEGORY = "sampling/binding_guidance"
 METHOD_ORDER = ["syngen", "syngen_entropy", "divide_and_bind", "attend_and_excite", "tsam"]
@@ -46,6 +53,21 @@ def check_advanced(text: str) -> None:
             raise refusals[0]
 
 
+def advanced_values(method: str, text: str) -> dict[str, str]:
+    """``advanced``'s ``{key: value text}``, refusing a malformed line or a key neither ``method`` nor the sampler
+    declares, naming ``advanced``. When ``advanced`` is linked from another node ComfyUI skips VALIDATE_INPUTS, so
+    this is the only check it gets."""
+    try:
+        values = parse_advanced(text)
+        valid = [*method_settings(method), *SAMPLER_SETTINGS]
+        unknown = set(values) - set(valid)
+        if unknown:
+            raise unknown_keys_error(unknown, valid, f"method {method!r}")
+    except SettingError as error:
+        raise SettingError(f"advanced: {error}") from error
+    return values
+
+
 def parse_words(text: str) -> tuple[str, ...]:
     """Split a comma-separated word list ("cat, frog") into words."""
     return tuple(word.strip() for word in text.split(",") if word.strip())
@@ -69,7 +91,7 @@ def build_config(
     the config nearest the sampler decides.
     """
     try:
-        values = parse_advanced(advanced)
+        values = advanced_values(method, advanced)
         legacy = {key: values.pop(key) for key in SAMPLER_SETTINGS if key in values}
         params = {"scale_factor": step_size, "guided_fraction": guided_fraction, **values}
         term = ChainTerm(make_objective(method, **params), weight)
