@@ -14,6 +14,7 @@ from typing import Any
 from ..binding_losses.objectives import METHODS, ChainTerm, ObjectiveChain, make_objective, method_settings
 from ..guidance.inputs import JOINT_ATTENTION_SETTINGS, SAMPLER_SETTINGS, GuidanceConfig, GuidanceOptions
 from ..settings import (
+    Setting,
     SettingError,
     declared_settings,
     parse_advanced,
@@ -51,6 +52,25 @@ def check_advanced(text: str) -> None:
                 refusals.append(error)
         else:
             raise refusals[0]
+
+
+WIDGET_SETTINGS = {"step_size": "scale_factor", "guided_fraction": "guided_fraction"}
+"""The config's number widgets and the method hyperparameter each one sets."""
+
+
+def widget_settings() -> dict[str, Setting]:
+    """The declarations behind the config's number widgets, under the widgets' names (a widget cannot hold none,
+    so they are SynGen's, whose bounds every method shares)."""
+    syngen = method_settings("syngen")
+    return {widget: replace(syngen[key], name=widget) for widget, key in WIDGET_SETTINGS.items()}
+
+
+def check_widgets(step_size: float, guided_fraction: float) -> None:
+    """Refuse a widget value outside its range under the widget's own name. ComfyUI's min/max check lets NaN
+    through, and the hyperparameter's own refusal would name ``scale_factor``, which the user never sees."""
+    declared = widget_settings()
+    declared["step_size"].convert(step_size)
+    declared["guided_fraction"].convert(guided_fraction)
 
 
 def advanced_values(method: str, text: str) -> dict[str, str]:
@@ -91,6 +111,7 @@ def build_config(
     the config nearest the sampler decides.
     """
     try:
+        check_widgets(step_size, guided_fraction)
         values = advanced_values(method, advanced)
         legacy = {key: values.pop(key) for key in SAMPLER_SETTINGS if key in values}
         params = {"scale_factor": step_size, "guided_fraction": guided_fraction, **values}
@@ -123,12 +144,7 @@ def _sampler_settings(
 
 def help_tables() -> dict[str, str]:
     """The help pages' tables, generated from the declarations (``scripts/make_help_pages.py`` writes them)."""
-    syngen = method_settings("syngen")
-    widgets = {
-        "step_size": syngen["scale_factor"],
-        "guided_fraction": syngen["guided_fraction"],
-        "weight": declared_settings(ChainTerm)["weight"],
-    }
+    widgets = {**widget_settings(), "weight": declared_settings(ChainTerm)["weight"]}
     tables = {"widgets": settings_table(widgets), "options": settings_table(declared_settings(GuidanceOptions))}
     for method in METHOD_ORDER:
         tables[method] = settings_table(method_settings(method), skip=("scale_factor", "guided_fraction"))
