@@ -54,7 +54,7 @@ def default_params(method: str) -> dict[str, Any]:
     return {f.name: getattr(instance, f.name) for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
 
 
-def make_objective(method: str, **params: Any) -> Objective:
+def make_objective(method: str, /, **params: Any) -> Objective:
     """Build the objective for ``method``; unknown parameters and refused values raise ``ValueError`` naming them."""
     valid = method_settings(method)
     unknown = set(params) - set(valid)

@@ -220,13 +220,22 @@ class _PendingCapture:
 class FastRun(FaithfulRun):
     """Fast guidance: the gradient of step i comes from step i's own model call and moves the latent at step i+1.
 
-    Steps with refinement iterate guidance passes at one step by design, so they run as faithful mode does.
+    Steps with refinement iterate guidance passes at one step by design, so they run as faithful mode does. So does
+    every step when the positive has several entries: the step's own call batches them in ComfyUI's order, and
+    the first conditional chunk may be another entry than the one matching the bindings.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._capture: _PendingCapture | None = None
         self._pending_update: tuple[int, torch.Tensor] | None = None
+        entries = len(self.guider.conds.get("positive") or ())
+        self.all_faithful = entries > 1
+        if self.all_faithful:
+            self.report.note = (
+                f"fast mode guided the faithful way, since the positive has several positive entries ({entries}) "
+                "and fast mode cannot tell which of them the step's own model call reads first"
+            )
 
     def intercepts(self, step: int) -> bool:
         """Guided steps, and the step after a guided one (where its update lands)."""
@@ -239,7 +248,7 @@ class FastRun(FaithfulRun):
         self._apply_pending_update(x, step)
         if self.stopped_early or not self.wants_step(step):
             return model_options
-        if self.objective.refinement(step, self.num_steps) is not None:
+        if self.all_faithful or self.objective.refinement(step, self.num_steps) is not None:
             self.guide(x, sigma, step, denoise_mask, model_options)
             return model_options
         self.check_planned_sigma(sigma, step)

@@ -51,6 +51,8 @@ class GuidanceReport:
     """``[B, K, H, W]`` maps at the main level from the last guided step (fp32, CPU)."""
     inactive_reason: str | None = None
     """Why the run had nothing to guide (then ``steps`` is empty), or None."""
+    note: str | None = None
+    """How the run guided, where it differs from what its mode says (appended to :attr:`message`), or None."""
 
     def add(self, record: StepRecord, maps: torch.Tensor | None) -> None:
         """Append a step and keep its maps as the latest."""
@@ -71,7 +73,11 @@ class GuidanceReport:
 
     @property
     def message(self) -> str:
-        """One sentence on what guidance did, in words: says so plainly when it did nothing."""
+        """One sentence on what guidance did, in words: says so plainly when it did nothing; then the note."""
+        return self._outcome if self.note is None else f"{self._outcome} Note: {self.note}."
+
+    @property
+    def _outcome(self) -> str:
         if self.inactive_reason is not None:
             return f"Guidance did nothing: {self.inactive_reason}."
         if not self.steps:

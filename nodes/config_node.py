@@ -13,7 +13,15 @@ from typing import Any
 
 from ..binding_losses.objectives import METHODS, ChainTerm, ObjectiveChain, make_objective, method_settings
 from ..guidance.inputs import JOINT_ATTENTION_SETTINGS, SAMPLER_SETTINGS, GuidanceConfig, GuidanceOptions
-from ..settings import SettingError, declared_settings, parse_advanced, settings_table, widget_spec
+from ..settings import (
+    Setting,
+    SettingError,
+    declared_settings,
+    parse_advanced,
+    settings_table,
+    unknown_keys_error,
+    widget_spec,
+)
 
 CATEGORY = "sampling/binding_guidance"
 METHOD_ORDER = ["syngen", "syngen_entropy", "divide_and_bind", "attend_and_excite", "tsam"]
@@ -46,6 +54,40 @@ def check_advanced(text: str) -> None:
             raise refusals[0]
 
 
+WIDGET_SETTINGS = {"step_size": "scale_factor", "guided_fraction": "guided_fraction"}
+"""The config's number widgets and the method hyperparameter each one sets."""
+
+
+def widget_settings() -> dict[str, Setting]:
+    """The declarations behind the config's number widgets, under the widgets' names (a widget cannot hold none,
+    so they are SynGen's, whose bounds every method shares)."""
+    syngen = method_settings("syngen")
+    return {widget: replace(syngen[key], name=widget) for widget, key in WIDGET_SETTINGS.items()}
+
+
+def check_widgets(step_size: float, guided_fraction: float) -> None:
+    """Refuse a widget value outside its range under the widget's own name. ComfyUI's min/max check lets NaN
+    through, and the hyperparameter's own refusal would name ``scale_factor``, which the user never sees."""
+    declared = widget_settings()
+    declared["step_size"].convert(step_size)
+    declared["guided_fraction"].convert(guided_fraction)
+
+
+def advanced_values(method: str, text: str) -> dict[str, str]:
+    """``advanced``'s ``{key: value text}``, refusing a malformed line or a key neither ``method`` nor the sampler
+    declares, naming ``advanced``. When ``advanced`` is linked from another node ComfyUI skips VALIDATE_INPUTS, so
+    this is the only check it gets."""
+    try:
+        values = parse_advanced(text)
+        valid = [*method_settings(method), *SAMPLER_SETTINGS]
+        unknown = set(values) - set(valid)
+        if unknown:
+            raise unknown_keys_error(unknown, valid, f"method {method!r}")
+    except SettingError as error:
+        raise SettingError(f"advanced: {error}") from error
+    return values
+
+
 def parse_words(text: str) -> tuple[str, ...]:
     """Split a comma-separated word list ("cat, frog") into words."""
     return tuple(word.strip() for word in text.split(",") if word.strip())
@@ -69,7 +111,8 @@ def build_config(
     the config nearest the sampler decides.
     """
     try:
-        values = parse_advanced(advanced)
+        check_widgets(step_size, guided_fraction)
+        values = advanced_values(method, advanced)
         legacy = {key: values.pop(key) for key in SAMPLER_SETTINGS if key in values}
         params = {"scale_factor": step_size, "guided_fraction": guided_fraction, **values}
         term = ChainTerm(make_objective(method, **params), weight)
@@ -101,12 +144,7 @@ def _sampler_settings(
 
 def help_tables() -> dict[str, str]:
     """The help pages' tables, generated from the declarations (``scripts/make_help_pages.py`` writes them)."""
-    syngen = method_settings("syngen")
-    widgets = {
-        "step_size": syngen["scale_factor"],
-        "guided_fraction": syngen["guided_fraction"],
-        "weight": declared_settings(ChainTerm)["weight"],
-    }
+    widgets = {**widget_settings(), "weight": declared_settings(ChainTerm)["weight"]}
     tables = {"widgets": settings_table(widgets), "options": settings_table(declared_settings(GuidanceOptions))}
     for method in METHOD_ORDER:
         tables[method] = settings_table(method_settings(method), skip=("scale_factor", "guided_fraction"))

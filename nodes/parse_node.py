@@ -10,7 +10,7 @@ from ..guidance.inputs import PromptBindings
 from ..guidance.prompt_match import fingerprint_of
 from ..parsers import MODES, OVERRIDE_SYNTAX, SPACY_MODEL_CHOICES, parse_bindings, parse_override, register_model_dir
 from ..parsers.errors import check_text
-from ..tokens import align_entities, describe_layout, strip_comfy_syntax, token_table_for_clip
+from ..tokens import align_entities, describe_layout, strip_comfy_syntax, token_table_for_clip, tokenize_prompt
 
 CATEGORY = "sampling/binding_guidance"
 
@@ -38,8 +38,10 @@ class ParseResult:
 
 
 def encode_prompt(clip: Any, prompt: str) -> list:
-    """The prompt's conditioning by CLIP Text Encode's own path (same tokenizer, weights, embeddings, chunks)."""
-    return clip.encode_from_tokens_scheduled(clip.tokenize(prompt))
+    """The prompt's conditioning by CLIP Text Encode's own path (same tokenizer, weights, embeddings, chunks).
+
+    Raises ``parsers.PromptError`` for text ComfyUI's tokenizer cannot read."""
+    return clip.encode_from_tokens_scheduled(tokenize_prompt(clip, prompt))
 
 
 def parse_and_encode(clip: Any, prompt: str, mode: str = "robust", spacy_model: str = "en_core_web_sm",

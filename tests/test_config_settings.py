@@ -91,10 +91,22 @@ def test_advanced_cannot_bypass_the_widget_ranges(config_node: Any) -> None:
         config_node.check_advanced("scale_factor = 1000.5")
     with pytest.raises(ValueError, match=r"scale_factor must be ≥ 0 and ≤ 1000, got 1000.5"):
         config_node.build_config("syngen", 20.0, 0.5, "scale_factor = 1000.5")
-    with pytest.raises(ValueError, match="scale_factor must be ≥ 0 and ≤ 1000, got nan"):
-        config_node.build_config("syngen", math.nan, 0.5)  # a NaN widget value sent to /prompt
     with pytest.raises(ValueError, match="weight must be ≥ 0 and ≤ 100, got inf"):
         config_node.build_config("syngen", 20.0, 0.5, weight=math.inf)
+
+
+@pytest.mark.parametrize("method", ["syngen", "tsam"])
+def test_a_nan_widget_value_is_refused_under_the_widget_name(config_node: Any, method: str) -> None:
+    """A NaN sent through /prompt passes ComfyUI's min/max check; the run-time refusal names the widget the user
+    sees (``step_size``), not the hyperparameter behind it (``scale_factor``). It is not refused at validation:
+    ComfyUI flags every argument of a failing VALIDATE_INPUTS, which already takes ``advanced``."""
+    with pytest.raises(ValueError, match=r"\): step_size must be ≥ 0 and ≤ 1000, got nan") as refused:
+        config_node.BindingLossConfig().configure(method, math.nan, 0.5, "", 1.0)
+    assert "scale_factor" not in str(refused.value)
+    with pytest.raises(ValueError, match=r"\): guided_fraction must be .*, got inf"):
+        config_node.BindingLossConfig().configure(method, 20.0, math.inf, "", 1.0)
+    with pytest.raises(ValueError, match=r"\): step_size must be ≥ 0 and ≤ 1000, got 1000.5"):
+        config_node.build_config(method, 1000.5, 0.5, "scale_factor = 10")  # the widget is checked even if overridden
 
 
 def test_advanced_keys_reach_the_objective_with_their_declared_defaults(config_node: Any) -> None:

@@ -7,6 +7,7 @@ update is dropped, and it works with batches, masks, other nodes' model wrappers
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -149,3 +150,31 @@ def test_each_mode_has_its_run_class_and_an_unknown_mode_is_named(harness: Any, 
     odd = sampler_module.BindingGuidedSampler(comfy.samplers.sampler_object("euler"), setup["bindings"], config)
     with pytest.raises(sampler_module.BindingGuidanceError, match="guidance mode 'quick' is not one of faithful, fast"):
         odd.run_class()
+
+
+@pytest.mark.parametrize("parsed_first", [False, True])
+def test_several_positive_entries_guide_the_matching_entry_as_faithful_mode_does(
+    harness: Any, setup: dict, sd15: tuple, parsed_first: bool
+) -> None:
+    """With the parsed prompt one of two positive entries (ConditioningCombine), the step's first conditional
+    chunk may be the other entry: fast mode runs those steps the faithful way, on the entry that matches the
+    bindings, and its report says so."""
+    clip = sd15[1]
+    with torch.inference_mode():
+        parsed = harness.module("nodes.parse_node").parse_and_encode(clip, setup["bindings"].prompt)
+        other = harness.node("CLIPTextEncode").encode(clip, "a red car and a white sheep")[0]
+        entries = (parsed.conditioning, other) if parsed_first else (other, parsed.conditioning)
+        combined = harness.node("ConditioningCombine").combine(*entries)[0]
+    case = {**setup, "positive": combined, "bindings": parsed.bindings}
+
+    def run(positive: list, mode: str) -> Any:
+        config = dataclasses.replace(_config(harness, mode), measure_after_step=True)
+        return _sample(harness, {**case, "positive": positive}, config)[1]
+
+    fast, faithful, alone = run(combined, "fast"), run(combined, "faithful"), run(parsed.conditioning, "faithful")
+    assert fast.steps[0].loss_before == pytest.approx(alone.steps[0].loss_before, rel=1e-5)  # the matching entry
+    assert fast.losses == pytest.approx(faithful.losses, rel=1e-5)
+    after = [record.loss_after_step for record in fast.steps]
+    assert after == pytest.approx([record.loss_after_step for record in faithful.steps], rel=1e-5)
+    assert after[0] < fast.steps[0].loss_before  # the update lowers the bindings' loss at the step it is taken
+    assert "several positive entries" in fast.message

@@ -41,12 +41,14 @@ def test_no_config_holds_a_non_finite_value(config_node: type, case: ConfigCase)
     assert not nonfinite, f"{case} built a config with non-finite {nonfinite}"
 
 
-@pytest.mark.xfail(strict=True, reason="bug: with 'advanced' linked from another node (no validation), configure "
-                                       "raises TypeError for 'method = 0', and a malformed line's ValueError no "
-                                       "longer names 'advanced'")
 @pytest.mark.parametrize("advanced", ["method = 0", " = 0"])
 def test_linked_advanced_is_refused_naming_the_input(config_node: type, advanced: str) -> None:
+    """With ``advanced`` linked from another node ComfyUI skips VALIDATE_INPUTS: ``configure`` alone must refuse it,
+    naming ``advanced`` (a key that clashes with an argument of ``make_objective`` included)."""
     assert check_config(config_node, ConfigCase("syngen", advanced).inputs(), linked=True) == (REFUSED, [])
+    with pytest.raises(ValueError, match="advanced: ") as refused:
+        config_node().configure("syngen", 20.0, 0.5, advanced, 1.0)
+    assert ("unknown parameter(s) ['method']" if "method" in advanced else "line 1: ") in str(refused.value)
 
 
 @pytest.mark.parametrize("advanced", ["", "# nothing", "scale_factor = 10\nguided_fraction = 0.25",

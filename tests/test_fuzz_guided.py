@@ -39,8 +39,13 @@ def test_invalid_prompt_and_override_are_the_nodes_input_errors(rig: GuidedRig) 
     assert check_guided(rig, "a car", divide_and_bind) == INPUT_ERROR  # tv_bind needs a modifier: the sampler says so
 
 
-@pytest.mark.xfail(strict=True, raises=IndexError, reason="bug: ComfyUI's tokenizer (sd1_clip._try_get_embedding) "
-                   "raises IndexError on this embedding name when the CLIP has an embedding folder, and Parse Bindings "
-                   "lets it escape instead of a PromptError (found by benchmarks/fuzz.py)")
 def test_embedding_name_comfyui_cannot_tokenize_is_a_prompt_error(rig: GuidedRig) -> None:
+    """ComfyUI's own embedding lookup (sd1_clip._try_get_embedding) raises IndexError on this text: the parse and
+    Parse Bindings' own CONDITIONING encode both refuse it as the node's PromptError naming ``prompt`` and the fix."""
     assert check_guided(rig, "embedding:(🏎🎛🎛)", guided_variant(0)) == INPUT_ERROR
+    import importlib
+
+    parse_node = importlib.import_module(rig.prompt_error.__module__.rsplit(".", 2)[0] + ".nodes.parse_node")
+    for call in (parse_node.parse_and_encode, parse_node.encode_prompt):
+        with pytest.raises(rig.prompt_error, match=r"^prompt: .*write 'embedding:name'"):
+            call(rig.clip, "a red car, embedding:(🏎🎛🎛)")

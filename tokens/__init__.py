@@ -10,7 +10,7 @@ from .align import (
     find_words,
     word_positions,
 )
-from .clip_tokens import ClipToken, TokenTable, token_table, token_table_for_clip
+from .clip_tokens import ClipToken, TokenTable, token_table, token_table_for_clip, tokenize_prompt
 from .prompt_text import CleanPrompt, ComfyGroup, WeightedSegment, comfy_groups, strip_comfy_syntax, weighted_segments
 
 __all__ = [
@@ -30,6 +30,7 @@ __all__ = [
     "strip_comfy_syntax",
     "token_table",
     "token_table_for_clip",
+    "tokenize_prompt",
     "weighted_segments",
     "word_positions",
 ]

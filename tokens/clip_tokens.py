@@ -296,21 +296,32 @@ def _name_embeddings(raw: list[dict[str, Any]], text: str, active: bool, disable
     return [f"embedding '{name}' was not found; ComfyUI ignores it" for name in missing]
 
 
+def tokenize_prompt(clip: Any, text: str, **tokenize_kwargs: Any) -> dict:
+    """``clip.tokenize(text, **tokenize_kwargs)``, with text ComfyUI's tokenizer cannot read refused as a
+    ``parsers.PromptError`` naming the ``prompt`` input and the fix (invalid Unicode, parentheses nested too deep,
+    an ``embedding:`` name ComfyUI's embedding lookup fails on)."""
+    check_text(text, "prompt")  # before ComfyUI's tokenizer, which fails with a TypeError on invalid text
+    try:
+        return clip.tokenize(text, **tokenize_kwargs)
+    except RecursionError as exc:  # ComfyUI's token_weights recurses once per "(" level
+        raise PromptError("prompt: parentheses are nested too deeply for ComfyUI's tokenizer (it recurses once per "
+                          "level, up to Python's recursion limit); remove some '(' / ')' or escape them as "
+                          "\\( \\).") from exc
+    except IndexError as exc:  # sd1_clip._try_get_embedding indexes the name's first word, even when it has none
+        raise PromptError("prompt: ComfyUI's tokenizer cannot read an 'embedding:' here (it found no embedding name "
+                          "right after the colon); write 'embedding:name' with the file name directly after "
+                          "'embedding:', or remove 'embedding:' (escape brackets after it as \\( \\)).") from exc
+
+
 def token_table_for_clip(clip: Any, text: str, **tokenize_kwargs: Any) -> TokenTable:
     """Tokenize ``text`` with a ComfyUI ``CLIP`` object exactly as CLIPTextEncode does, and build its table.
 
     The table addresses the conditioning context: CLIP chunks, T5's tokens for a Flux.1 CLIP, or the T5 segment of
     SD3's concatenated context.
 
-    Raises ``parsers.PromptError`` for text ComfyUI cannot tokenize (invalid Unicode, parentheses nested too deep).
+    Raises ``parsers.PromptError`` for text ComfyUI cannot tokenize (see :func:`tokenize_prompt`).
     """
-    check_text(text, "prompt")  # before ComfyUI's tokenizer, which fails with a TypeError on invalid text
-    try:
-        output = clip.tokenize(text, return_word_ids=True, **tokenize_kwargs)
-    except RecursionError as exc:  # ComfyUI's token_weights recurses once per "(" level
-        raise PromptError("prompt: parentheses are nested too deeply for ComfyUI's tokenizer (it recurses once per "
-                          "level, up to Python's recursion limit); remove some '(' / ')' or escape them as "
-                          "\\( \\).") from exc
+    output = tokenize_prompt(clip, text, return_word_ids=True, **tokenize_kwargs)
     disable_weights = bool(tokenize_kwargs.get("disable_weights", False))
     from .t5_tokens import T5_KEY, sd3_token_table, t5_token_table
 

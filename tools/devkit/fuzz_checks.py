@@ -105,6 +105,15 @@ def parser_for(mode: str, override: str = "") -> Callable[[str], Any]:
 # --- the pipeline ------------------------------------------------------------------------------------------------
 
 
+TOKENIZER_REFUSALS = ("nested too deeply", "cannot read an 'embedding:'")
+"""The documented PromptErrors for text ComfyUI's own tokenizer fails on (``tokens.tokenize_prompt``)."""
+
+
+def is_tokenizer_refusal(message: str) -> bool:
+    """Whether ``message`` is a documented refusal of text ComfyUI's tokenizer cannot read, naming ``prompt``."""
+    return message.startswith("prompt: ") and any(reason in message for reason in TOKENIZER_REFUSALS)
+
+
 def check_prompt(prompt: str, clip: Any, parse: Callable[[str], Any]) -> str:
     """Run Parse Bindings' pipeline on ``prompt``: ``PARSED`` (consistent), ``INPUT_ERROR``, or raise."""
     if is_invalid_text(prompt):
@@ -118,8 +127,8 @@ def check_prompt(prompt: str, clip: Any, parse: Callable[[str], Any]) -> str:
     _check_parse(clean.text, parsed)
     try:
         table = token_table_for_clip(clip, prompt)
-    except PromptError as error:  # documented: deeper nesting than ComfyUI's own recursive tokenizer handles
-        require("nested too deeply" in str(error), f"undocumented PromptError for valid text: {error}")
+    except PromptError as error:  # documented: text ComfyUI's own tokenizer cannot read
+        require(is_tokenizer_refusal(str(error)), f"undocumented PromptError for valid text: {error}")
         return INPUT_ERROR
     _check_table(prompt, table)
     result = align_entities(parsed, clean, table)
@@ -312,7 +321,8 @@ def check_guided(rig: GuidedRig, prompt: str, variant: tuple[str, str, str], *, 
         try:
             parsed = nodes["ParseBindings"]().parse(rig.clip, prompt, parse_mode, spacy, override)
         except rig.prompt_error as error:
-            require(is_invalid_text(prompt) or str(error).startswith("override "), f"PromptError for {prompt!r}")
+            require(is_invalid_text(prompt) or str(error).startswith("override ") or is_tokenizer_refusal(str(error)),
+                    f"PromptError for {prompt!r}")
             return INPUT_ERROR
         bindings, preview, *encoded = parsed["result"] if isinstance(parsed, dict) else parsed
         require(not is_invalid_text(prompt) and isinstance(preview, str), f"parsed invalid text {prompt!r}")
