@@ -47,9 +47,9 @@ from devkit.comfy_env import bootstrap_comfy, load_pack_into_comfy, register_pac
 register_pack_package()
 bootstrap_comfy()
 
-import fuzz_checks as checks  # noqa: E402
-import fuzz_inputs as inputs  # noqa: E402
 from binding_guidance.parsers import PromptError  # noqa: E402
+from devkit import fuzz_checks as checks  # noqa: E402
+from devkit import fuzz_inputs as inputs  # noqa: E402
 from hypothesis import HealthCheck, Phase, given, seed, settings  # noqa: E402
 
 
