@@ -8,9 +8,10 @@ neither path serves are refused here, by name, before the first model evaluation
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from .block_checkpoint import block_patches
 from .block_list import parse_block_list
 from .joint_attention import JointAttentionRecorder, JointBlock
 from .layers import (
@@ -73,6 +74,8 @@ class JointCapture:
     patch_size: int
     normalization: str
     text_offset: int = 0
+    block_patches: dict = field(default_factory=dict, compare=False)
+    """``patches_replace["dit"]`` entries the recorder installs (block checkpointing); empty: none."""
 
     @property
     def description(self) -> str:
@@ -80,7 +83,8 @@ class JointCapture:
 
     def recorder(self, stop_early: bool, on_complete: Callable[[], None] | None = None) -> JointAttentionRecorder:
         return JointAttentionRecorder(self.blocks, set(self.factors), self.patch_size, self.normalization,
-                                      stop_early=stop_early, on_complete=on_complete, text_offset=self.text_offset)
+                                      stop_early=stop_early, on_complete=on_complete, text_offset=self.text_offset,
+                                      block_patches=self.block_patches)
 
 
 def flux_blocks(diffusion_model: Any) -> list[JointBlock]:
@@ -137,11 +141,13 @@ def capture_for_model(
     levels_of: Callable[[int], set[int]],
     dit_blocks: str = "",
     joint_normalization: str = "text",
+    dit_checkpointing: bool = True,
 ) -> AttentionCapture:
     """The attention capture for ``model`` (ModelPatcher or BaseModel); refuses unsupported families by name.
 
     ``levels_of(main_factor)`` is the objective's set of levels. ``dit_blocks`` (the setting's text, e.g.
-    ``"double 0-3"``; empty: the family default) and ``joint_normalization`` apply to joint-attention models only.
+    ``"double 0-3"``; empty: the family default), ``joint_normalization`` and ``dit_checkpointing`` (checkpoint
+    every block the backward runs through before the last recorded one) apply to joint-attention models only.
     """
     base = model if hasattr(model, "diffusion_model") else getattr(model, "model", model)
     family = model_family(base)
@@ -164,7 +170,9 @@ def capture_for_model(
     main = max(preferred_factor, patch)
     blocks = select_blocks(available, parse_block_list(dit_blocks))
     factors = frozenset(f for f in levels_of(main) if f >= patch and f % patch == 0)
-    return JointCapture(tuple(blocks), main, factors, patch, joint_normalization, offset)
+    last = max(available.index(block) for block in blocks)
+    patches = block_patches(diffusion_model, available[:last]) if dit_checkpointing else {}
+    return JointCapture(tuple(blocks), main, factors, patch, joint_normalization, offset, patches)
 
 
 def require_supported(model: Any) -> None:

@@ -33,6 +33,9 @@ column sums to 1 over the K text tokens, as a UNet's cross-attention does); "joi
 text and image keys and reads its text columns (they sum to the share of attention that goes to text)."""
 
 _WRAPPER_KEY = "binding_guidance_joint_geometry"
+RECOMPUTING = "binding_guidance_recomputing"
+"""Set in the ``transformer_options`` of a block that activation checkpointing recomputes in the backward: the
+recorder records nothing there (its maps come from the forward)."""
 
 
 @dataclass(frozen=True)
@@ -95,7 +98,7 @@ def text_probabilities(
     raise ValueError(f"joint attention normalization must be one of {JOINT_NORMALIZATIONS}, got {normalization!r}")
 
 
-class _OutOfPlaceResiduals(torch.overrides.TorchFunctionMode):
+class OutOfPlaceResiduals(torch.overrides.TorchFunctionMode):
     """Runs ``x += y`` as ``x = x + y`` when ``x`` is part of the graph being built.
 
     Flux's blocks add their residuals in place (``img += ...``) into tensors that their own norms saved for the
@@ -112,6 +115,23 @@ class _OutOfPlaceResiduals(torch.overrides.TorchFunctionMode):
         if func in self._IN_PLACE_ADDS and torch.is_grad_enabled() and getattr(args[0], "requires_grad", False):
             return torch.add(*args, **kwargs)
         return func(*args, **kwargs)
+
+
+def _keep(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor
+
+
+def with_dit_patches(model_options: dict, patches: dict[tuple[str, int], Callable]) -> dict:
+    """A copy of ``model_options`` with ``patches`` added to ``transformer_options["patches_replace"]["dit"]``; a
+    block that already has a patch (another node's) keeps it."""
+    options = dict(model_options)
+    transformer_options = dict(options.get("transformer_options", {}))
+    if patches:
+        replace = dict(transformer_options.get("patches_replace", {}))
+        replace["dit"] = {**patches, **replace.get("dit", {})}
+        transformer_options["patches_replace"] = replace
+    options["transformer_options"] = transformer_options
+    return options
 
 
 def pool_to_factor(maps: torch.Tensor, token_factor: int, factor: int) -> torch.Tensor:
@@ -139,6 +159,7 @@ class JointAttentionRecorder:
         stop_early: bool = True,
         on_complete: Callable[[], None] | None = None,
         text_offset: int = 0,
+        block_patches: dict[tuple[str, int], Callable] | None = None,
     ) -> None:
         if not blocks:
             raise ValueError("JointAttentionRecorder needs at least one block to record.")
@@ -155,6 +176,7 @@ class JointAttentionRecorder:
         self._seen: set[tuple[str, int]] = set()
         self._geometry: _Geometry | None = None
         self.text_offset = text_offset
+        self.block_patches = dict(block_patches or {})
         self._joint_calls = 0
 
     def reset(self) -> None:
@@ -171,12 +193,13 @@ class JointAttentionRecorder:
         return {f: AttentionLevel(pool_to_factor(mean, self.patch_size, f), self._count) for f in self.factors}
 
     def model_options_with_patches(self, model_options: dict) -> dict:
-        """A copy of ``model_options`` with this recorder's attention override and geometry wrapper.
+        """A copy of ``model_options`` with this recorder's attention override, geometry wrapper and block patches
+        (``patches_replace["dit"]``, e.g. block checkpointing).
 
         An override that was already there (the guidance pass's SDPA routing, another node's) still computes every
-        attention output; the recorder only reads q and k.
+        attention output; the recorder only reads q and k. A block another node already patched keeps its patch.
         """
-        options = dict(model_options)
+        options = with_dit_patches(model_options, self.block_patches)
         transformer_options = dict(options.get("transformer_options", {}))
         previous = transformer_options.get("optimized_attention_override")
         transformer_options["optimized_attention_override"] = self._make_override(previous)
@@ -196,14 +219,14 @@ class JointAttentionRecorder:
         p = self.patch_size
         self._geometry = _Geometry(int(c_crossattn.shape[1]), (math.ceil(x.shape[-2] / p), math.ceil(x.shape[-1] / p)))
         self._joint_calls = 0
-        with _OutOfPlaceResiduals():
+        with OutOfPlaceResiduals():
             return executor(x, *args, **kwargs)
 
     def _make_override(self, previous: Callable | None) -> Callable:
         def record_joint_attention(func: Callable, *args: Any, **kwargs: Any) -> Any:
             options = kwargs.get("transformer_options") or {}
-            key = self._block_key(args, kwargs, options)
             finished = False
+            key = None if options.get(RECOMPUTING) else self._block_key(args, kwargs, options)
             if key in self.blocks and key not in self._seen:
                 finished = self._record(key, args, kwargs, options)
             if finished:
@@ -251,17 +274,27 @@ class JointAttentionRecorder:
         text, image = slice(start, start + text_length), slice(start + text_length, image_end)
         row_mask = None if mask is None else (mask[rows] if mask.shape[0] == q.shape[0] else mask)
 
-        def head_summed_maps(q_rows: torch.Tensor, k_rows: torch.Tensor) -> torch.Tensor:
-            probs = text_probabilities(q_rows, k_rows, text, image, self.normalization, row_mask)
+        if mask is None:  # only the image queries and the keys the softmax reads are kept for backward
+            parts = (q[:, :, image], k[:, :, text] if self.normalization == "text" else k)
+            key_text = slice(0, text_length) if self.normalization == "text" else text
+            image_rows = slice(0, height * width)
+        else:  # _masked indexes the mask by the full sequence's positions
+            parts, key_text, image_rows = (q, k), text, image
+
+        def head_summed_maps(q_part: torch.Tensor, k_part: torch.Tensor) -> torch.Tensor:
+            probs = text_probabilities(q_part, k_part, key_text, image_rows, self.normalization, row_mask)
             return probs.sum(dim=1).transpose(1, 2).reshape(len(rows), text_length, height, width)
 
-        if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad):
-            # The fp32 logits and probabilities ([rows, heads, image, text] each, 100 MB per Flux block at 1024 px)
-            # are recomputed in the backward instead of being kept: only q and k, which the block's own attention
-            # keeps anyway, are saved.
-            maps = torch.utils.checkpoint.checkpoint(head_summed_maps, q[rows], k[rows], use_reentrant=False)
+        if not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad)):
+            maps = head_summed_maps(parts[0][rows], parts[1][rows])
         else:
-            maps = head_summed_maps(q[rows], k[rows])
+            # The fp32 logits and probabilities ([rows, heads, image, text] each, 100 MB per Flux block at 1024 px)
+            # are recomputed in the backward instead of being kept. What the maps keep is saved outside any block
+            # checkpoint (identity hooks), so a checkpointed block's recomputation, where the recorder records
+            # nothing, saves the same tensors as its forward.
+            with torch.autograd.graph.saved_tensors_hooks(_keep, _keep):
+                maps = torch.utils.checkpoint.checkpoint(head_summed_maps, parts[0][rows], parts[1][rows],
+                                                         use_reentrant=False)
         self._sum = maps if self._sum is None else self._sum + maps
         self._count += heads
         self._seen.add(key)

@@ -113,13 +113,20 @@ class GuidanceOptions:
         "stops after the last one",
         check=parse_block_list,
     )
+    dit_checkpointing: bool = setting(
+        True,
+        "Flux.1 and SD3 only: during the guidance backward, recompute each block's activations (and the weights "
+        "ComfyUI casts from fp8 or bf16) one block at a time instead of keeping them all from the forward. Same "
+        "gradient and image, much less memory, one more forward of those blocks per guided step; turn it off only "
+        "when memory is plentiful and speed matters",
+    )
 
     def __post_init__(self) -> None:
         convert_fields(self)
 
 
 SAMPLER_SETTINGS = tuple(item.name for item in fields(GuidanceOptions))
-JOINT_ATTENTION_SETTINGS = ("joint_normalization", "dit_blocks")
+JOINT_ATTENTION_SETTINGS = ("joint_normalization", "dit_blocks", "dit_checkpointing")
 """Sampler settings for Flux.1 and SD3 only; optional inputs of the Options node (saved graphs lack them)."""
 """The sampler-level settings (``GuidanceOptions``); older workflows set them in ``advanced``."""
 

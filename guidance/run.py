@@ -114,7 +114,8 @@ class GuidanceRun:
         # The model family picks the capture (UNet cross-attention or DiT joint attention); unsupported
         # families are refused here, by name, before the first model evaluation.
         self.capture = capture_for_model(base_model, config.main_factor, self.objective.levels,
-                                         dit_blocks=config.dit_blocks, joint_normalization=config.joint_normalization)
+                                         dit_blocks=config.dit_blocks, joint_normalization=config.joint_normalization,
+                                         dit_checkpointing=config.dit_checkpointing)
         self.main_factor = self.capture.main_factor
         self.recorder = self.capture.recorder(stop_early=config.stop_forward_early)
         self.model_sampling = base_model.model_sampling
