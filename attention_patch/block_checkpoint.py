@@ -83,10 +83,14 @@ def checkpointed(call: Callable[[dict, dict], dict]) -> BlockPatch:
             nonlocal runs
             block_options = forward_options if runs == 0 else recompute_options
             runs += 1
+            # Flux adds into its streams in place; a stream outside the graph (the text entering the first block,
+            # with frozen weights) stays in place under OutOfPlaceResiduals. The block gets copies, so the inputs
+            # its recomputation starts from are the forward's.
+            streams = {key: inputs[key].clone() for key in ("img", "txt") if inputs.get(key) is not None}
             # The recomputation runs in the backward, outside the recorder's wrapper: it needs the same
-            # out-of-place residual adds as the forward (in place, it would overwrite tensors saved for backward).
+            # out-of-place residual adds as the forward (in place, they would overwrite tensors saved for backward).
             with OutOfPlaceResiduals():
-                return call(inputs, block_options)
+                return call({**inputs, **streams}, block_options)
 
         return torch.utils.checkpoint.checkpoint(run, dict(args), use_reentrant=False)
 

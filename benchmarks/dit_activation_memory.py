@@ -1,89 +1,194 @@
-"""Estimate the memory of one Flux.1 guidance pass at 1024 px, on CPU, from the activations autograd saves.
+"""Estimate the memory of one DiT guidance pass at 1024 px (Flux.1-dev, SD3.5 Large, SD3.5 Medium), on CPU.
 
-Builds real-width Flux.1-dev double-stream blocks (hidden 3072, 24 heads × 128, random bf16 weights) with one
-and with two blocks, records every block and stops after the last one's attention (as the default does with the
-19 double-stream blocks), and counts the bytes autograd saves for backward (weights excluded) at two small
-latents with a 256-token T5 context. One more block costs the difference; the default is the one-block pass plus
-18 such differences. Bytes are extrapolated linearly in the number of latent pixels (as
-benchmarks/activation_memory.py does for SDXL; see its note on attention kernels).
+Builds real-width blocks with random weights through ComfyUI's own model classes: Flux.1-dev's double-stream blocks
+(hidden 3072, 24 heads × 128) and SD3.5's joint blocks (hidden 64·depth: Large 38 blocks × 2432, Medium 24 × 1536
+with the image self-attention of its first 13 blocks), as ComfyUI's detection configures them. Weights are stored
+in bf16 (computed in bf16, no cast) or in fp8 e4m3fn and computed in bf16 through ComfyUI's manual cast.
 
-    .venv/bin/python benchmarks/dit_activation_memory.py
+The pass is the guidance pass as the sampler runs it: every block recorded, the forward ended after the last
+one's attention, a backward from the maps to the latent, with and without ``dit_checkpointing``. Its memory is
+the peak of the bytes allocated above what was live before it (the weights were), read from the PyTorch
+profiler's allocation events: saved activations, the cast weights kept for the backward, recomputation and
+gradients included. It is measured with 2 and 3 blocks (the models are cut after their first blocks) at 16×16
+and 32×32 latents with the family's text length, then extrapolated linearly in latent pixels (to 128×128, 1024 px)
+and in blocks (one more block costs the 3-block peak minus the 2-block peak), as benchmarks/activation_memory.py
+does for SDXL. Linear in pixels holds for attention kernels that keep O(tokens) for the backward (SDPA's flash
+kernels on CPU and CUDA).
+
+    PYTHONPATH=tools OMP_NUM_THREADS=2 .venv/bin/python benchmarks/dit_activation_memory.py [--family flux]
 """
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import time
-from pathlib import Path
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
-from activation_memory import bytes_saved_for_backward  # beside this script
 from devkit.comfy_env import bootstrap_comfy, register_pack_package
+from devkit.tiny_models import init_weights
 
-ROOT = Path(__file__).resolve().parent.parent
-
-FLUX_DEV = {"image_model": "flux", "guidance_embed": True, "in_channels": 16, "out_channels": 16, "vec_in_dim": 768,
-            "context_in_dim": 4096, "hidden_size": 3072, "mlp_ratio": 4.0, "num_heads": 24, "axes_dim": [16, 56, 56],
-            "theta": 10000, "patch_size": 2, "qkv_bias": True, "depth_single_blocks": 0}
-"""Flux.1-dev's configuration as ComfyUI detects it, without single-stream blocks (the default records none)."""
-TEXT_TOKENS = 256
-DEFAULT_BLOCKS = 19
+GIB = 2**30
+SIDES = (16, 32)
+DEPTHS = (2, 3)
 
 
-def flux_with(depth: int) -> object:
+@dataclass(frozen=True)
+class Family:
+    """One model as ComfyUI configures it, and what a guidance pass on it needs."""
+
+    name: str
+    config_class: str
+    unet_config: dict
+    blocks: int
+    """Blocks the default ``dit_blocks`` records (the forward and backward run through all of them)."""
+    parameters: float
+    """Parameters of the whole diffusion model (resident weights)."""
+    text_tokens: int
+    context_width: int
+    pooled_width: int
+
+
+def _sd35(depth: int, pos_embed_max_size: int, self_attention_layers: list[int]) -> dict:
+    width = 64 * depth
+    return {"in_channels": 16, "out_channels": 16, "patch_size": 2, "depth": depth, "adm_in_channels": 2048,
+            "context_embedder_config": {"target": "torch.nn.Linear",
+                                        "params": {"in_features": 4096, "out_features": width}},
+            "pos_embed_max_size": pos_embed_max_size, "num_patches": pos_embed_max_size**2, "qk_norm": "rms",
+            "pos_embed_scaling_factor": None, "x_block_self_attn_layers": self_attention_layers}
+
+
+FAMILIES = {
+    "flux": Family(
+        "Flux.1-dev (19 double blocks)", "Flux",
+        {"image_model": "flux", "guidance_embed": True, "in_channels": 16, "out_channels": 16, "vec_in_dim": 768,
+         "context_in_dim": 4096, "hidden_size": 3072, "mlp_ratio": 4.0, "num_heads": 24, "axes_dim": [16, 56, 56],
+         "theta": 10000, "patch_size": 2, "qkv_bias": True, "depth": 19, "depth_single_blocks": 0},
+        19, 11.9e9, 256, 4096, 768),
+    "sd35-large": Family("SD3.5 Large (38 joint blocks)", "SD3", _sd35(38, 192, []), 38, 8.1e9, 154, 4096, 2048),
+    "sd35-medium": Family("SD3.5 Medium (24 joint blocks)", "SD3", _sd35(24, 384, list(range(13))), 24, 2.5e9,
+                          154, 4096, 2048),
+}
+"""ComfyUI's detected configurations (model_detection.py); the text lengths are ComfyUI's defaults (Flux: T5 padded
+to 256; SD3: 77 CLIP-L‖G + 77 T5)."""
+
+WEIGHTS = {"bf16": (torch.bfloat16, None), "fp8 (manual cast to bf16)": (torch.float8_e4m3fn, torch.bfloat16)}
+"""Stored weight dtype → (dtype, ComfyUI manual-cast compute dtype or None)."""
+
+
+def build(family: Family, blocks: int, weight_dtype: torch.dtype, compute_dtype: torch.dtype | None) -> object:
+    """ComfyUI's model for ``family`` with only its first ``blocks`` blocks (built on the meta device, then
+    materialised), random weights stored in ``weight_dtype``."""
     import comfy.supported_models
-    from tiny_models import init_weights
 
-    config = comfy.supported_models.Flux({**FLUX_DEV, "depth": depth})
-    config.set_inference_dtype(torch.bfloat16, None)
-    model = config.get_model({}, "")
-    init_weights(model.diffusion_model, 0)
+    config = getattr(comfy.supported_models, family.config_class)(dict(family.unet_config))
+    config.set_inference_dtype(weight_dtype, compute_dtype)
+    model = config.get_model({}, "", device=torch.device("meta"))
+    diffusion_model = model.diffusion_model
+    name = "double_blocks" if hasattr(diffusion_model, "double_blocks") else "joint_blocks"
+    setattr(diffusion_model, name, torch.nn.ModuleList(list(getattr(diffusion_model, name))[:blocks]))
+    diffusion_model.to_empty(device="cpu")
+    diffusion_model.requires_grad_(False)  # as the sampler leaves a model ComfyUI loaded (inference_tensors.py)
+    init_weights(diffusion_model, 0)
+    with torch.no_grad():
+        for buffer in diffusion_model.buffers():
+            buffer.copy_((torch.randn(buffer.shape) * 0.02).to(buffer.dtype))
     return model
 
 
-def saved_bytes(model: object, side: int) -> int:
-    """Bytes autograd keeps for backward in one guidance forward (every block recorded) at a side×side latent."""
+def peak_bytes(run: Callable[[], None]) -> int:
+    """Peak of the bytes allocated above what was live before ``run()``, from the profiler's allocation events."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        run()
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]")
+    live = peak = 0
+    for _, size in events:
+        live += size
+        peak = max(peak, live)
+    return peak
+
+
+def guidance_pass(family: Family, model: object, side: int, checkpointing: bool) -> Callable[[], None]:
+    """One guidance pass on ``model`` (every block recorded) at a side×side latent: forward, loss, backward."""
     capture = importlib.import_module("binding_guidance.attention_patch.capture")
+    recording_complete = importlib.import_module("binding_guidance.attention_patch").RecordingComplete
     differentiable = importlib.import_module("binding_guidance.kernels.differentiable_attention")
-    depth = len(model.diffusion_model.double_blocks)
-    recorder = capture.capture_for_model(model, 4, lambda f: {f}, dit_blocks=f"double 0-{depth - 1}").recorder(True)
-    options = recorder.model_options_with_patches(differentiable.with_differentiable_attention({}))
-    x = torch.randn(1, 16, side, side, requires_grad=True)
-    context = torch.randn(1, TEXT_TOKENS, 4096, dtype=torch.bfloat16)
-    return bytes_saved_for_backward(model, lambda: model.apply_model(
-        x, torch.tensor([1.0]), c_crossattn=context, y=torch.randn(1, 768), guidance=torch.tensor([3.5]),
-        transformer_options=options["transformer_options"]))
+    blocks = len(getattr(model.diffusion_model, "double_blocks", None) or model.diffusion_model.joint_blocks)
+    kind = "double" if family.config_class == "Flux" else "joint"
+    plan = capture.capture_for_model(model, 4, lambda f: {f}, dit_blocks=f"{kind} 0-{blocks - 1}",
+                                     dit_checkpointing=checkpointing)
+    generator = torch.Generator().manual_seed(0)
+    latent = torch.randn(1, 16, side, side, generator=generator)
+    context = torch.randn(1, family.text_tokens, family.context_width, generator=generator)
+    pooled = torch.randn(1, family.pooled_width, generator=generator)
+    extra = {"guidance": torch.tensor([3.5])} if family.config_class == "Flux" else {}
+
+    def run() -> None:
+        recorder = plan.recorder(stop_early=True)
+        options = recorder.model_options_with_patches(differentiable.with_differentiable_attention({}))
+        leaf = latent.clone().requires_grad_(True)
+        try:
+            model.apply_model(leaf, torch.tensor([0.6]), c_crossattn=context, y=pooled,
+                              transformer_options=options["transformer_options"], **extra)
+        except recording_complete:
+            pass
+        maps = recorder.levels()[4].mean
+        torch.autograd.grad((maps * maps.detach()).sum(), leaf)
+
+    return run
+
+
+def measure(family: Family, weights: str) -> dict[bool, dict[tuple[int, int], int]]:
+    """Measured peaks by checkpointing, then (blocks, side)."""
+    measured: dict[bool, dict[tuple[int, int], int]] = {False: {}, True: {}}
+    for blocks in DEPTHS:
+        model = build(family, blocks, *WEIGHTS[weights])
+        for checkpointing, peaks in measured.items():
+            for side in SIDES:
+                peaks[blocks, side] = peak_bytes(guidance_pass(family, model, side, checkpointing))
+        del model
+    return measured
+
+
+def extrapolate(family: Family, measured: dict[tuple[int, int], int]) -> tuple[float, float]:
+    """(each further block, the pass with the family's recorded blocks) at 1024 px, in bytes."""
+
+    def at_1024(blocks: int) -> float:
+        small, large = measured[blocks, SIDES[0]], measured[blocks, SIDES[1]]
+        per_pixel = (large - small) / (SIDES[1] ** 2 - SIDES[0] ** 2)
+        return small + per_pixel * (128 * 128 - SIDES[0] ** 2)
+
+    per_block = at_1024(DEPTHS[1]) - at_1024(DEPTHS[0])
+    return per_block, at_1024(DEPTHS[1]) + (family.blocks - DEPTHS[1]) * per_block
+
+
+def report(family: Family, weights: str, checkpointing: bool, measured: dict[tuple[int, int], int]) -> None:
+    per_block, total = extrapolate(family, measured)
+    small = ", ".join(f"{b} blocks {s}x{s}: {v / GIB:.3f}" for (b, s), v in measured.items())
+    print(f"{family.name}, {weights} weights, dit_checkpointing {'on' if checkpointing else 'off'}")
+    print(f"  measured peak GiB: {small}")
+    resident = family.parameters * (1 if WEIGHTS[weights][0] == torch.float8_e4m3fn else 2) / GIB
+    print(f"  1024 px: each further block {per_block / GIB:.2f} GiB; guidance pass peak {total / GIB:.1f} GiB "
+          f"+ weights {resident:.1f} GiB = {total / GIB + resident:.1f} GiB", flush=True)
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--family", choices=sorted(FAMILIES), action="append",
+                        help="model(s) to measure (default: all)")
+    families = parser.parse_args().family or list(FAMILIES)
     bootstrap_comfy()
     register_pack_package()
     started = time.time()
-    sides = (16, 32)
-    measured = {}
-    for depth in (1, 2):
-        model = flux_with(depth)
-        measured[depth] = {side: saved_bytes(model, side) for side in sides}
-        del model
-    gib = 2**30
-
-    def at_1024(values: dict[int, int]) -> float:
-        per_pixel = (values[32] - values[16]) / (32 * 32 - 16 * 16)
-        return values[16] - per_pixel * 16 * 16 + per_pixel * 128 * 128
-
-    first, second = at_1024(measured[1]), at_1024(measured[2])
-    per_block = second - first
-    total = first + (DEFAULT_BLOCKS - 1) * per_block
-    for depth in (1, 2):
-        for side in sides:
-            print(f"{depth} double block(s), latent {side}x{side}: {measured[depth][side] / gib:.3f} GiB saved")
-    print(f"extrapolated to 128x128 (1024 px), {TEXT_TOKENS} text tokens: first block {first / gib:.2f} GiB, "
-          f"each further block {per_block / gib:.2f} GiB")
-    print(f"estimate for the default 19 double blocks: {total / gib:.1f} GiB saved for backward (bf16), batch 1")
-    weights = {"bf16": 11.9e9 * 2 / gib, "fp8": 11.9e9 / gib}
-    for kind, size in weights.items():
-        print(f"with {kind} weights ({size:.1f} GiB): about {size + total / gib:.1f} GiB before the CFG pass")
-    print(f"({time.time() - started:.0f} s)")
+    for key in families:
+        for weights in WEIGHTS:
+            for checkpointing, measured in measure(FAMILIES[key], weights).items():
+                report(FAMILIES[key], weights, checkpointing, measured)
+    print(f"(batch 1, weights excluded from the peak; {time.time() - started:.0f} s)")
 
 
 if __name__ == "__main__":

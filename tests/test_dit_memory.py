@@ -22,13 +22,16 @@ OFF = "dit_checkpointing = false"
 
 @pytest.fixture(scope="module", params=["flux", "sd3"])
 def dit(request: pytest.FixtureRequest, harness: Any) -> dict:
-    """One family's tiny model (fp32 weights), CLIP, encoded prompt and bindings."""
-    return {**tiny_case(harness, request.param), "arch": request.param}
+    """One family's tiny model (fp32 weights), CLIP, encoded prompt and bindings. The weights are frozen, as the
+    sampler leaves a model ComfyUI loaded (inference_tensors.py)."""
+    case = tiny_case(harness, request.param)
+    case["model"].model.diffusion_model.requires_grad_(False)
+    return {**case, "arch": request.param}
 
 
 def stored_as(case: dict, weight_dtype: torch.dtype) -> dict:
     """``case`` with the same diffusion model built by ComfyUI with ``weight_dtype`` weights and fp32 compute (its
-    manual-cast operations), holding the fp32 model's weights rounded to ``weight_dtype``."""
+    manual-cast operations), holding the fp32 model's weights rounded to ``weight_dtype`` (frozen)."""
     import comfy.model_patcher
 
     source = case["model"].model
@@ -36,6 +39,7 @@ def stored_as(case: dict, weight_dtype: torch.dtype) -> dict:
     model_config.set_inference_dtype(weight_dtype, torch.float32)
     model = model_config.get_model({}, "")
     model.diffusion_model.load_state_dict(source.diffusion_model.state_dict())
+    model.diffusion_model.requires_grad_(False)
     cpu = torch.device("cpu")
     return {**case, "model": comfy.model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu)}
 
@@ -78,9 +82,16 @@ def guidance_pass(harness: Any, case: dict, checkpointing: bool, model_options: 
     return {"grad": grad, "level": level, "started": started, "blocks": len(plan.blocks)}
 
 
-def test_checkpointing_recomputes_earlier_blocks_and_gives_the_same_gradient(harness: Any, dit: dict) -> None:
+@pytest.mark.parametrize("frozen", [True, False], ids=["frozen-weights", "weights-require-grad"])
+def test_checkpointing_recomputes_earlier_blocks_and_gives_the_same_gradient(harness: Any, dit: dict,
+                                                                              frozen: bool) -> None:
     """The default blocks of the tiny models are both blocks: block 0 is checkpointed (it starts again in the
-    backward), block 1, the last recorded, is not; maps and gradient are bit-identical to the plain pass."""
+    backward), block 1, the last recorded, is not; maps and gradient are bit-identical to the plain pass. Frozen
+    weights are what the sampler makes of a model ComfyUI loaded (inference_tensors.py): then Flux's first block
+    adds into its text input in place, which its recomputation must not see."""
+    if not frozen:
+        dit = stored_as(dit, torch.float32)
+        dit["model"].model.diffusion_model.requires_grad_(True)
     plain = guidance_pass(harness, dit, checkpointing=False)
     checkpointed = guidance_pass(harness, dit, checkpointing=True)
     assert plain["started"] == [0, 1]
