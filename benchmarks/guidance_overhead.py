@@ -2,10 +2,15 @@
 
 Runs a random-weight UNet of the real SD1.5 width (860 M parameters; ``--arch sdxl``: the real SDXL UNet,
 2.6 B) with hand-made conditioning through ComfyUI's real sampler, plain and with SynGen guidance in faithful
-and fast mode, and prints:
+and fast mode. ``--arch flux`` and ``--arch sd3`` run narrow joint-attention DiTs built by ComfyUI's own classes,
+with the real text lengths (Flux: 256 T5 tokens, CFG 1; SD3: 154, CFG 4.5): Flux.1-dev's 19 double- and 38
+single-stream blocks at width 256 (4 heads × 64), and an SD3.5-Large-shaped MMDiT of depth 8 (width 512, 8 heads;
+MMDiT's width is 64 × depth). Guidance records the default blocks (Flux: the double-stream blocks; SD3: all). It
+prints:
 - per-step time ratio: a run with every step guided vs the same run plain;
 - whole-run ratio: half of the steps guided (the reference's 25 of 50), scaled down to --steps;
-- the effect of ending the guidance forward after the last recorded layer (stop_forward_early);
+- the effect of ending the guidance forward after the last recorded layer (stop_forward_early), and on DiTs of
+  ``dit_checkpointing`` (the recomputation of the blocks before the last recorded one in the backward);
 - peak memory (RSS on CPU, torch.cuda.max_memory_allocated on CUDA), as the overhead over plain sampling and, on
   CUDA, as the absolute peak of a guided run.
 
@@ -15,6 +20,7 @@ The last line is machine-readable:
     .venv/bin/python benchmarks/guidance_overhead.py                 # CPU, 32×32 latent (256 px), 8 steps
     .venv/bin/python benchmarks/guidance_overhead.py --device cuda --latent 64 --dtype fp16 --steps 50
     .venv/bin/python benchmarks/guidance_overhead.py --device cuda --arch sdxl --latent 128 --dtype fp16 --steps 20
+    .venv/bin/python benchmarks/guidance_overhead.py --arch flux      # or --arch sd3 (CPU, 32×32 latent)
 """
 
 from __future__ import annotations
@@ -35,11 +41,28 @@ ROOT = Path(__file__).resolve().parent.parent
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
+DITS = {
+    "flux": ("Flux", {"image_model": "flux", "guidance_embed": True, "in_channels": 16, "out_channels": 16,
+                      "vec_in_dim": 768, "context_in_dim": 4096, "hidden_size": 256, "mlp_ratio": 4.0, "num_heads": 4,
+                      "depth": 19, "depth_single_blocks": 38, "axes_dim": [8, 28, 28], "theta": 10000,
+                      "patch_size": 2, "qkv_bias": True}),
+    "sd3": ("SD3", {"in_channels": 16, "out_channels": 16, "patch_size": 2, "depth": 8, "adm_in_channels": 2048,
+                    "context_embedder_config": {"target": "torch.nn.Linear",
+                                                "params": {"in_features": 4096, "out_features": 512}},
+                    "pos_embed_max_size": 192, "num_patches": 192 * 192, "qk_norm": "rms",
+                    "pos_embed_scaling_factor": None, "x_block_self_attn_layers": []}),
+}
+"""Narrow DiTs of the real structure: ComfyUI config class and detected configuration."""
+CFG = {"flux": 1.0, "sd3": 4.5}
+"""The families' usual CFG (Flux.1-dev is guidance-distilled); UNets: 7.5."""
+CONDITIONING = {"sd15": (77, 768, None), "sdxl": (77, 2048, 1280), "flux": (256, 4096, 768), "sd3": (154, 4096, 2048)}
+"""Per architecture: text tokens, context width and pooled width (None: no pooled vector)."""
+
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--arch", default="sd15", choices=["sd15", "sdxl"])
+    parser.add_argument("--arch", default="sd15", choices=["sd15", "sdxl", *DITS])
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
     parser.add_argument("--latent", type=int, default=32, help="latent side (32 = 256 px)")
     parser.add_argument("--steps", type=int, default=8, help="steps of the whole-run comparison (half guided)")
@@ -52,7 +75,10 @@ def build_model(arch: str, device: str, dtype: torch.dtype) -> object:
     import comfy.supported_models
     from devkit.tiny_models import SD15_FULL_UNET, SDXL_FULL_UNET, init_weights
 
-    if arch == "sdxl":
+    if arch in DITS:
+        config_class, unet_config = DITS[arch]
+        config = getattr(comfy.supported_models, config_class)(dict(unet_config))
+    elif arch == "sdxl":
         config = comfy.supported_models.SDXL(dict(SDXL_FULL_UNET))
     else:
         config = comfy.supported_models.SD15(dict(SD15_FULL_UNET))
@@ -60,22 +86,32 @@ def build_model(arch: str, device: str, dtype: torch.dtype) -> object:
     with torch.inference_mode():  # as ComfyUI's loaders create them: inference tensors
         model = config.get_model({}, "")
         init_weights(model.diffusion_model, 0)
+        if arch in DITS:
+            trained_like_dit(model.diffusion_model)
         model = model.to(device)
     return comfy.model_patcher.ModelPatcher(
         model, load_device=torch.device(device), offload_device=torch.device(device)
     )
 
 
+def trained_like_dit(diffusion_model: torch.nn.Module) -> None:
+    """RMSNorm scales at 1 and SD3's sin-cos position table, as in trained checkpoints (see tiny_dit_models)."""
+    for name, param in diffusion_model.named_parameters():
+        if name.endswith(".scale") or name.endswith("_norm.weight"):
+            param.fill_(1.0)
+    embed = getattr(diffusion_model, "pos_embed", None)
+    if embed is not None:
+        from comfy.ldm.modules.diffusionmodules.mmdit import get_2d_sincos_pos_embed
+
+        table = get_2d_sincos_pos_embed(embed.shape[-1], round(embed.shape[1] ** 0.5))
+        embed.copy_(torch.from_numpy(table).reshape(embed.shape).to(embed.dtype))
+
+
 def hand_made_conditioning(arch: str, generator: torch.Generator) -> list:
-    """One conditioning entry of the architecture's shape (SDXL also takes a pooled vector)."""
-    if arch == "sdxl":
-        return [
-            [
-                torch.randn(1, 77, 2048, generator=generator),
-                {"pooled_output": torch.randn(1, 1280, generator=generator)},
-            ]
-        ]
-    return [[torch.randn(1, 77, 768, generator=generator), {}]]
+    """One conditioning entry of the architecture's shape (SDXL and the DiTs also take a pooled vector)."""
+    tokens, width, pooled = CONDITIONING[arch]
+    extra = {} if pooled is None else {"pooled_output": torch.randn(1, pooled, generator=generator)}
+    return [[torch.randn(1, tokens, width, generator=generator), extra]]
 
 
 def peak_memory_mb(device: str) -> float:
@@ -93,12 +129,15 @@ class SamplingBench:
         generator = torch.Generator().manual_seed(0)
         self.positive = hand_made_conditioning(arch, generator)
         self.negative = hand_made_conditioning(arch, generator)
-        self.latent = torch.zeros(1, 4, latent, latent)
+        self.latent = torch.zeros(1, 16 if arch in DITS else 4, latent, latent)
+        self.cfg = CFG.get(arch, 7.5)
         types_module = importlib.import_module("binding_guidance.binding_losses.types")
         inputs = importlib.import_module("binding_guidance.guidance.inputs")
         layout = types_module.TokenLayout(
             bindings=(types_module.TokenBinding((3,), ((2,),)), types_module.TokenBinding((7,), ((6,),))),
             prompt_positions=tuple(range(1, 8)),
+            context_length=CONDITIONING[arch][0],
+            clip_chunks=arch not in DITS,
         )
         self.bindings = inputs.PromptBindings(prompt="a pink sunflower and a yellow flamingo", layout=layout)
 
@@ -115,8 +154,8 @@ class SamplingBench:
         options = {} if sampler_class is None else {"sampler_class": sampler_class}
         self.synchronize()
         started = time.perf_counter()
-        entry.guided_sample(self.model, 1, steps, 7.5, "euler", "normal", self.positive, self.negative, self.latent,
-                            self.bindings, config, **options)
+        entry.guided_sample(self.model, 1, steps, self.cfg, "euler", "normal", self.positive, self.negative,
+                            self.latent, self.bindings, config, **options)
         self.synchronize()
         return time.perf_counter() - started
 
@@ -145,6 +184,7 @@ def main() -> None:
         attention: str = "sdpa",
         mode: str = "faithful",
         convolution: str = "auto",
+        checkpointing: bool = True,
     ) -> float:
         if guided_fraction is None:  # "native" here: for reference only, ComfyUI's own pass with oneDNN off
             kernel_setting = torch.backends.mkldnn.flags(enabled=False) if convolution == "native" else nullcontext()
@@ -155,6 +195,7 @@ def main() -> None:
             "guidance_attention": attention,
             "mode": mode,
             "cpu_convolution": convolution,
+            "dit_checkpointing": checkpointing,
         }
         return bench.run(steps, bench.config(guided_fraction, **options))
 
@@ -173,9 +214,12 @@ def main() -> None:
         "fast_run": (args.steps, 0.5, True, "sdpa", "fast"),
     }
 
-    if args.device != "cpu":  # the convolution choice only exists on CPU
+    dit = args.arch in DITS
+    if args.device != "cpu" or dit:  # the convolution choice only exists on CPU; DiT blocks have no convolutions
         del variants["guided_default_convolution"], variants["fast_default_convolution"]
         del variants["plain_native_convolution"]
+    if dit:
+        variants["guided_no_checkpointing"] = (per_step_steps, 1.0, True, "sdpa", "faithful", "auto", False)
     # "auto"'s kernel choices, as every guided run of this process shares them
     kernel_timings = importlib.import_module("binding_guidance.guidance.sampler").BindingGuidedSampler.kernel_timings
 
@@ -225,6 +269,12 @@ def main() -> None:
         f"with ComfyUI's attention kernel in the guidance pass {guided_comfy_attention / per_step_steps:.3f} s",
         f"fast-mode step {fast_steps / per_step_steps:.3f} s",
         *(
+            [f"guided step without dit_checkpointing {times['guided_no_checkpointing'] / per_step_steps:.3f} s "
+             f"(ratio {times['guided_no_checkpointing'] / plain_steps:.3f})"]
+            if dit
+            else []
+        ),
+        *(
             [
                 f"convolution kernels of the guidance pass timed per shape once "
                 f"({kernel_timings.seconds:.2f} s, {kernel_timings.native_share()}); "
@@ -237,7 +287,7 @@ def main() -> None:
                 f"convolution in ComfyUI's own pass) {plain_native / per_step_steps:.3f} s "
                 f"(ratio {plain_native / plain_steps:.3f})",
             ]
-            if args.device == "cpu"
+            if args.device == "cpu" and not dit
             else []
         ),
         f"per-step ratio faithful {faithful_step:.3f} (full forward: {guided_full_forward / plain_steps:.3f}), "
