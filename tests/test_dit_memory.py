@@ -49,13 +49,15 @@ def blocks_of(case: dict) -> Any:
     return diffusion_model.double_blocks if case["arch"] == "flux" else diffusion_model.joint_blocks
 
 
-def guidance_pass(harness: Any, case: dict, checkpointing: bool, model_options: dict | None = None) -> dict:
+def guidance_pass(harness: Any, case: dict, checkpointing: bool, model_options: dict | None = None,
+                  dit_blocks: str = "") -> dict:
     """One guidance forward (recorder, early stop, SDPA) on a fixed latent and a backward from a fixed weighting of
     the recorded maps: the gradient, the recorded level, and which blocks started running, in order."""
     capture = harness.module("attention_patch.capture")
     differentiable = harness.module("kernels.differentiable_attention")
     recording_complete = harness.module("attention_patch").RecordingComplete
-    plan = capture.capture_for_model(case["model"], 4, lambda f: {f}, dit_checkpointing=checkpointing)
+    plan = capture.capture_for_model(case["model"], 4, lambda f: {f}, dit_blocks=dit_blocks,
+                                     dit_checkpointing=checkpointing)
     recorder = plan.recorder(stop_early=True)
     options = recorder.model_options_with_patches(differentiable.with_differentiable_attention(model_options or {}))
     generator = torch.Generator().manual_seed(0)
@@ -100,6 +102,15 @@ def test_checkpointing_recomputes_earlier_blocks_and_gives_the_same_gradient(har
     assert plain["level"].count == checkpointed["level"].count == heads * plain["blocks"]  # recorded once
     assert torch.equal(checkpointed["level"].mean, plain["level"].mean)
     assert plain["grad"].abs().max() > 0
+    assert torch.equal(checkpointed["grad"], plain["grad"])
+
+
+@pytest.mark.parametrize("dit", ["flux"], indirect=True)
+def test_flux_single_stream_blocks_are_checkpointed_too(harness: Any, dit: dict) -> None:
+    """Recording single block 1: both double blocks and single block 0 run again in the backward."""
+    plain = guidance_pass(harness, dit, checkpointing=False, dit_blocks="single 1")
+    checkpointed = guidance_pass(harness, dit, checkpointing=True, dit_blocks="single 1")
+    assert checkpointed["started"] == [0, 1, 1, 0]  # double-block starts (pre-hooks on the double blocks only)
     assert torch.equal(checkpointed["grad"], plain["grad"])
 
 
