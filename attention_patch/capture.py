@@ -25,6 +25,9 @@ from .recorder import AttentionRecorder
 
 FLUX_FAMILIES = ("Flux", "FluxInpaint", "FluxSchnell")
 """ComfyUI model configs whose diffusion model is Flux.1 (dev, schnell, Fill/Kontext share these configs)."""
+CHROMA_FAMILIES = ("Chroma",)
+"""Chroma: Flux.1-schnell's double- and single-stream blocks (with modulations from one approximator network), a
+T5-only context; ComfyUI labels its blocks as it does Flux's, so the Flux capture serves it unchanged."""
 SD3_FAMILIES = ("SD3",)
 """ComfyUI model configs whose diffusion model is SD3's MMDiT (SD3 Medium, SD3.5 Large/Medium)."""
 
@@ -121,13 +124,23 @@ def select_blocks(available: Sequence[JointBlock], wanted: Sequence[tuple[str, i
     return [by_key[key] for key in dict.fromkeys(wanted)]
 
 
+GUIDED_FAMILIES = "UNet models (SD1.x, SD2.x, SDXL) and the joint-attention DiTs Flux.1, Chroma and SD3"
+"""The families :func:`capture_for_model` serves, as the refusal names them."""
+
+REFUSAL_REASONS = {
+    "ChromaRadiance": "a pixel-space Chroma (16×16-pixel patches, no VAE latent), where the map levels, which are "
+                      "downsampling factors of a VAE latent, mean something else",
+}
+"""Why a family that looks served is not (shown in the refusal); other families get the generic reason."""
+
+
 def _refuse(family: str, diffusion_model: Any) -> UnsupportedModelError:
     name = type(diffusion_model).__name__
     described = f"{family} (diffusion model {name})" if family != name else name
+    reason = REFUSAL_REASONS.get(family, "a transformer (DiT/MMDiT) whose attention it cannot read yet")
     return UnsupportedModelError(
-        f"Binding guidance works on UNet models (SD1.x, SD2.x, SDXL), Flux.1 and SD3 only; the connected model is "
-        f"{described}, a transformer (DiT/MMDiT) whose attention it cannot read yet. Use a plain KSampler for "
-        "this model."
+        f"Binding guidance works on {GUIDED_FAMILIES} only; the connected model is {described}, {reason}. "
+        "Use a plain KSampler for this model."
     )
 
 
@@ -154,7 +167,7 @@ def capture_for_model(
         if not layers:
             raise UnsupportedModelError(f"The model has no cross-attention layers at factors {sorted(wanted)}.")
         return UNetCapture(tuple(layers), main)
-    if family in FLUX_FAMILIES and hasattr(diffusion_model, "double_blocks"):
+    if family in FLUX_FAMILIES + CHROMA_FAMILIES and hasattr(diffusion_model, "double_blocks"):
         available, offset = flux_blocks(diffusion_model), 0
     elif family in SD3_FAMILIES and hasattr(diffusion_model, "joint_blocks"):
         available, offset = sd3_blocks(diffusion_model), int(diffusion_model.register_length)

@@ -17,6 +17,7 @@ from devkit.dit_runs import (
     assert_recorded_equals_explicit,
     config,
     explicit_softmax,
+    flux_double_block_maps,
     guided,
     record_beside_explicit,
     tiny_case,
@@ -60,30 +61,13 @@ def test_flux_t5_positions_of_a_prompt_longer_than_the_padding(harness: Any, flu
     assert table[last.modifiers[0][0]].piece == "▁yellow"
 
 
-def _double_block_maps(block: Any, args: tuple, kwargs: dict) -> torch.Tensor:
-    """One double-stream block's image→text softmax, recomputed from its own weights and inputs."""
-    from comfy.ldm.flux.math import apply_rope
-
-    vec, img, txt = kwargs["vec"], kwargs["img"], kwargs["txt"]
-
-    def q_k(mod: Any, norm: Any, attn: Any, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        modulation, _ = mod(vec)
-        hidden = (1 + modulation.scale) * norm(tokens) + modulation.shift
-        qkv = attn.qkv(hidden).view(tokens.shape[0], tokens.shape[1], 3, block.num_heads, -1).permute(2, 0, 3, 1, 4)
-        return attn.norm(qkv[0], qkv[1], qkv[2])
-
-    txt_q, txt_k = q_k(block.txt_mod, block.txt_norm1, block.txt_attn, txt)
-    img_q, img_k = q_k(block.img_mod, block.img_norm1, block.img_attn, img)
-    q, k = apply_rope(torch.cat((txt_q, img_q), dim=2), torch.cat((txt_k, img_k), dim=2), kwargs["pe"])
-    return explicit_softmax(q, k, txt.shape[1], (13, 19))
-
-
 def test_flux_recorded_maps_equal_an_explicit_softmax_of_the_conditional_rows(harness: Any, flux: dict) -> None:
     """Batch [uncond, cond]: the recorder keeps the conditional row; its maps are the head- and block-mean of
     softmax(q kᵀ/√d) over the text keys of both double-stream blocks (RoPE applied), pooled 2×2 (ceil) to 1/32 of
     the image side; the block outputs are those of a plain forward."""
     blocks = flux["model"].model.diffusion_model.double_blocks
-    result = record_beside_explicit(harness, flux, blocks, _double_block_maps, {"guidance": torch.tensor([3.5, 3.5])})
+    result = record_beside_explicit(harness, flux, blocks, flux_double_block_maps,
+                                    {"guidance": torch.tensor([3.5, 3.5])})
     assert [b.label for b in result["plan"].blocks] == ["double 0", "double 1"] and result["levels"][2].count == 4
     assert_recorded_equals_explicit(result, 256)
 

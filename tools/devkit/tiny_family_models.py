@@ -1,0 +1,74 @@
+"""Tiny random-weight models of the joint-attention families beyond Flux.1 and SD3, built with ComfyUI's classes.
+
+- **Chroma**: ComfyUI's ``comfy.ldm.chroma.model.Chroma`` (Flux's double- and single-stream blocks, modulations
+  from the ``distilled_guidance_layer`` approximator) made by ``supported_models.Chroma`` at width 64, and Chroma's
+  text encoder (``pixart_t5``: T5-XXL, no padding, the real sentencepiece tokenizer) narrowed by ComfyUI's
+  per-encoder config override. Built in memory: ComfyUI's loader recognises a T5-XXL file by its 24th block.
+
+Call :func:`comfy_env.bootstrap_comfy` first.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from devkit.tiny_models import init_weights
+
+TEXT_WIDTH = 64
+
+CHROMA_TINY = {
+    "image_model": "chroma", "in_channels": 64, "out_channels": 64, "context_in_dim": TEXT_WIDTH,
+    "hidden_size": 64, "mlp_ratio": 2.0, "num_heads": 2, "depth": 2, "depth_single_blocks": 2,
+    "axes_dim": [8, 12, 12], "theta": 10000, "patch_size": 2, "qkv_bias": True,
+    "in_dim": 64, "out_dim": 64, "hidden_dim": 32, "n_layers": 2,
+}
+"""Chroma's structure at width 64 (ComfyUI's detection gives in/out 64 = 16 latent channels × 2×2 patch, the
+approximator's in_dim 64 and out_dim = hidden size): 2 double- and 2 single-stream blocks, 2 heads × 32."""
+
+CHROMA_TEXT_ENCODER = {"t5xxl_model_config": {"d_model": TEXT_WIDTH, "d_ff": 128, "d_kv": 16, "num_heads": 4,
+                                              "num_layers": 2, "num_decoder_layers": 2}}
+
+
+def _patcher(model: Any) -> Any:
+    import comfy.model_patcher
+
+    cpu = torch.device("cpu")
+    return comfy.model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu)
+
+
+def _ones_for_norm_scales(module: torch.nn.Module, suffixes: tuple[str, ...]) -> None:
+    """RMSNorm scales at 1, as in trained models (init_weights gives 1-d parameters not named weight ~0.02)."""
+    with torch.no_grad():
+        for name, param in module.named_parameters():
+            if name.endswith(suffixes):
+                param.fill_(1.0)
+
+
+def tiny_chroma_model(seed: int = 0, dtype: torch.dtype = torch.float32) -> Any:
+    """A ModelPatcher around a tiny Chroma (``model_family`` says ``Chroma``), on the CPU."""
+    import comfy.supported_models
+
+    model_config = comfy.supported_models.Chroma(dict(CHROMA_TINY))
+    model_config.set_inference_dtype(dtype, None)
+    model = model_config.get_model({}, "")
+    init_weights(model.diffusion_model, seed)
+    _ones_for_norm_scales(model.diffusion_model, (".scale",))
+    return _patcher(model)
+
+
+def tiny_chroma_clip(seed: int = 1) -> Any:
+    """Chroma's text encoder (ComfyUI's ``pixart_t5``: T5 with the real tokenizer, no padding), 64 wide."""
+    import comfy.sd
+    import comfy.supported_models_base
+    import comfy.text_encoders.pixart_t5 as pixart_t5
+
+    target = comfy.supported_models_base.ClipTarget(pixart_t5.PixArtTokenizer, pixart_t5.pixart_te())
+    clip = comfy.sd.CLIP(target, parameters=0, model_options=dict(CHROMA_TEXT_ENCODER))
+    init_weights(clip.cond_stage_model, seed)
+    return clip
+
+
+FAMILY_MODELS = {"chroma": (tiny_chroma_model, tiny_chroma_clip)}
+"""Per tiny family: (model builder, CLIP builder)."""
