@@ -30,6 +30,9 @@ CHROMA_FAMILIES = ("Chroma",)
 T5-only context; ComfyUI labels its blocks as it does Flux's, so the Flux capture serves it unchanged."""
 SD3_FAMILIES = ("SD3",)
 """ComfyUI model configs whose diffusion model is SD3's MMDiT (SD3 Medium, SD3.5 Large/Medium)."""
+Z_IMAGE_FAMILIES = ("ZImage",)
+"""Z-Image: Lumina 2's NextDiT (single-stream joint blocks over [text, image], each padded to 32 tokens) with a
+Qwen3 text encoder."""
 
 
 class Recorder(Protocol):
@@ -76,6 +79,7 @@ class JointCapture:
     patch_size: int
     normalization: str
     text_offset: int = 0
+    pad_multiple: int = 1
 
     @property
     def description(self) -> str:
@@ -83,7 +87,8 @@ class JointCapture:
 
     def recorder(self, stop_early: bool, on_complete: Callable[[], None] | None = None) -> JointAttentionRecorder:
         return JointAttentionRecorder(self.blocks, set(self.factors), self.patch_size, self.normalization,
-                                      stop_early=stop_early, on_complete=on_complete, text_offset=self.text_offset)
+                                      stop_early=stop_early, on_complete=on_complete, text_offset=self.text_offset,
+                                      pad_multiple=self.pad_multiple)
 
 
 def flux_blocks(diffusion_model: Any) -> list[JointBlock]:
@@ -100,9 +105,16 @@ def sd3_blocks(diffusion_model: Any) -> list[JointBlock]:
     return [JointBlock("joint", i, heads) for i in range(len(diffusion_model.joint_blocks))]
 
 
+def next_dit_blocks(diffusion_model: Any) -> list[JointBlock]:
+    """The main joint blocks of Lumina 2's NextDiT (Z-Image), in execution order; the context and noise refiners
+    before them attend over text alone and image alone."""
+    heads = int(diffusion_model.n_heads)
+    return [JointBlock("joint", i, heads) for i in range(len(diffusion_model.layers))]
+
+
 def default_blocks(blocks: Sequence[JointBlock]) -> list[JointBlock]:
-    """Flux: the double-stream blocks, where text and image keep their own weights; SD3: every joint block (all
-    keep separate weights). See docs/model_families.md."""
+    """Flux, Chroma: the double-stream blocks, where text and image keep their own weights; SD3: every joint block
+    (all keep separate weights); Z-Image: every joint block (all share them). See docs/model_families.md."""
     double = [block for block in blocks if block.kind == "double"]
     return double or list(blocks)
 
@@ -124,7 +136,7 @@ def select_blocks(available: Sequence[JointBlock], wanted: Sequence[tuple[str, i
     return [by_key[key] for key in dict.fromkeys(wanted)]
 
 
-GUIDED_FAMILIES = "UNet models (SD1.x, SD2.x, SDXL) and the joint-attention DiTs Flux.1, Chroma and SD3"
+GUIDED_FAMILIES = "UNet models (SD1.x, SD2.x, SDXL) and the joint-attention DiTs Flux.1, Chroma, SD3 and Z-Image"
 """The families :func:`capture_for_model` serves, as the refusal names them."""
 
 REFUSAL_REASONS = {
@@ -167,17 +179,21 @@ def capture_for_model(
         if not layers:
             raise UnsupportedModelError(f"The model has no cross-attention layers at factors {sorted(wanted)}.")
         return UNetCapture(tuple(layers), main)
+    pad = 1
     if family in FLUX_FAMILIES + CHROMA_FAMILIES and hasattr(diffusion_model, "double_blocks"):
         available, offset = flux_blocks(diffusion_model), 0
     elif family in SD3_FAMILIES and hasattr(diffusion_model, "joint_blocks"):
         available, offset = sd3_blocks(diffusion_model), int(diffusion_model.register_length)
+    elif family in Z_IMAGE_FAMILIES and hasattr(diffusion_model, "cap_embedder"):
+        available, offset = next_dit_blocks(diffusion_model), 0
+        pad = int(diffusion_model.pad_tokens_multiple or 1)
     else:
         raise _refuse(family, diffusion_model)
     patch = int(diffusion_model.patch_size)
     main = max(preferred_factor, patch)
     blocks = select_blocks(available, parse_block_list(dit_blocks))
     factors = frozenset(f for f in levels_of(main) if f >= patch and f % patch == 0)
-    return JointCapture(tuple(blocks), main, factors, patch, joint_normalization, offset)
+    return JointCapture(tuple(blocks), main, factors, patch, joint_normalization, offset, pad)
 
 
 def require_supported(model: Any) -> None:

@@ -1,4 +1,4 @@
-"""Joint-attention families beyond Flux.1 and SD3: Chroma, on tiny models built with ComfyUI's classes and the
+"""Joint-attention families beyond Flux.1 and SD3: Chroma and Z-Image, on tiny models built with ComfyUI's classes and the
 real tokenizers; and the DiTs still refused, by name, before sampling.
 
 What is asserted here, per family: Parse Bindings' positions against the real tokenizer output; the recorded maps
@@ -51,6 +51,92 @@ def test_chroma_recorded_maps_equal_an_explicit_softmax_of_the_conditional_rows(
                                     {"guidance": torch.tensor([0.0, 0.0])})
     assert [b.label for b in result["plan"].blocks] == ["double 0", "double 1"] and result["levels"][2].count == 4
     assert_recorded_equals_explicit(result, 13)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Z-Image
+
+
+@pytest.fixture(scope="module")
+def z_image(harness: Any) -> dict:
+    """The tiny Z-Image model and its Qwen3 encoder, the encoded prompt and the Parse Bindings output."""
+    return tiny_case(harness, "z_image")
+
+
+def _decoded(clip: Any, table: Any, positions: tuple[int, ...]) -> str:
+    """The real tokenizer's own decoding of the token ids at ``positions``."""
+    return clip.tokenizer.qwen3_4b.tokenizer.decode([table[p].token_id for p in positions])
+
+
+def test_z_image_positions_follow_the_chat_template(harness: Any, z_image: dict) -> None:
+    """Z-Image's context is every token of ``<|im_start|>user\\n{prompt}<|im_end|>\\n<|im_start|>assistant\\n``: the
+    3 prefix tokens shift the prompt (pink=4 → sunflower=5-6, yellow=9 → flamingo=10-11), 5 suffix tokens follow.
+    The real tokenizer decodes each bound position to its word."""
+    layout, table, clip = z_image["bindings"].layout, z_image["bindings"].table, z_image["clip"]
+    assert z_image["positive"][0][0].shape == (1, 17, 64) and layout.context_length == 17
+    assert [(b.noun, b.modifiers) for b in layout.bindings] == [((5, 6), ((4,),)), ((10, 11), ((9,),))]
+    assert layout.prompt_positions == tuple(range(3, 12)) and not layout.clip_chunks
+    assert [t.kind for t in table.tokens] == ["template"] * 3 + ["text"] * 9 + ["template"] * 5
+    words = [_decoded(clip, table, word) for b in layout.bindings for word in (b.noun, *b.modifiers)]
+    assert words == [" sunflower", " pink", " flamingo", " yellow"]
+
+
+def test_z_image_positions_with_literal_weights_and_a_leading_newline(harness: Any, z_image: dict) -> None:
+    """Z-Image's tokenizer disables ComfyUI's weight syntax, so ``(red:1.2)`` is text: its tokens are prompt
+    tokens and 'red' binds to its own token. A leading newline merges with the template's into one template
+    token; unicode keeps its spans."""
+    prompt = "\na (red:1.2) car beside a green café"
+    bindings, _ = harness.module("nodes.parse_node").parse_prompt_bindings(z_image["clip"], prompt)
+    table, layout = bindings.table, bindings.layout
+    tokens = z_image["clip"].tokenize(prompt, return_word_ids=True)["qwen3_4b"][0]
+    assert layout.context_length == len(tokens) and table[2].kind == "template" and table[2].piece == "ĊĊ"
+    words = {_decoded(z_image["clip"], table, b.noun): [_decoded(z_image["clip"], table, m) for m in b.modifiers]
+             for b in layout.bindings}
+    assert words == {" car": ["red"], " café": [" green"]}
+    assert "".join(table[p].piece for p in layout.prompt_positions).startswith("aĠ(red:1.2)Ġcar")
+    assert not table.warnings
+
+
+def _next_dit_block_maps(text: int, padded_text: int) -> Any:
+    """One NextDiT joint block's image→text softmax, recomputed from its own weights and inputs (the joint
+    sequence [text, text pad, image, image pad]): the image queries against the ``text`` context keys."""
+    from comfy.ldm.flux.math import apply_rope
+    from devkit.dit_runs import explicit_softmax
+
+    def maps(block: Any, args: tuple, kwargs: dict) -> torch.Tensor:
+        x, freqs, adaln = args[0], args[2], args[3]
+        attention = block.attention
+        scale_msa = block.adaLN_modulation(adaln).chunk(4, dim=1)[0]
+        hidden = block.attention_norm1(x) * (1 + scale_msa.unsqueeze(1))
+        q, k, _ = attention.qkv(hidden).split([attention.n_local_heads * attention.head_dim] * 3, dim=-1)
+        shape = (x.shape[0], x.shape[1], attention.n_local_heads, attention.head_dim)
+        q, k = apply_rope(attention.q_norm(q.view(shape)), attention.k_norm(k.view(shape)), freqs)
+        cells = 13 * 19
+        keep = torch.cat((torch.arange(text), torch.arange(padded_text, padded_text + cells)))
+        return explicit_softmax(q[:, keep].transpose(1, 2), k[:, keep].transpose(1, 2), text, (13, 19))
+
+    return maps
+
+
+def test_z_image_recorded_maps_equal_an_explicit_softmax_of_the_conditional_rows(harness: Any,
+                                                                                 z_image: dict) -> None:
+    """The recorder numbers NextDiT's joint blocks itself (``joint 0-1``; the context and noise refiners, which
+    attend over text alone and image alone, are not counted), finds the image after the text padded to 32 tokens,
+    and its maps are the head- and block-mean softmax over the 17 text keys, pooled 2×2; outputs unchanged."""
+    blocks = z_image["model"].model.diffusion_model.layers
+    result = record_beside_explicit(harness, z_image, blocks, _next_dit_block_maps(17, 32), {"num_tokens": 17})
+    assert [b.label for b in result["plan"].blocks] == ["joint 0", "joint 1"] and result["levels"][2].count == 4
+    assert result["plan"].pad_multiple == 32
+    assert_recorded_equals_explicit(result, 17)
+
+
+def test_z_image_chosen_blocks(harness: Any, z_image: dict) -> None:
+    """'dit_blocks = joint 1' records the second joint block only; a missing block is named."""
+    capture = harness.module("attention_patch.capture")
+    plan = capture.capture_for_model(z_image["model"], 4, lambda f: {f}, dit_blocks="joint 1")
+    assert [b.label for b in plan.blocks] == ["joint 1"]
+    with pytest.raises(capture.UnsupportedModelError, match=r"no block double 0 \(it has joint 0-1\)"):
+        capture.capture_for_model(z_image["model"], 4, lambda f: {f}, dit_blocks="double 0")
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -4,6 +4,10 @@
   from the ``distilled_guidance_layer`` approximator) made by ``supported_models.Chroma`` at width 64, and Chroma's
   text encoder (``pixart_t5``: T5-XXL, no padding, the real sentencepiece tokenizer) narrowed by ComfyUI's
   per-encoder config override. Built in memory: ComfyUI's loader recognises a T5-XXL file by its 24th block.
+- **Z-Image**: ComfyUI's Lumina 2 ``NextDiT`` with Z-Image's settings (``z_image_modulation``, pad tokens to a
+  multiple of 32, time scale 1000, rope θ 256) made by ``supported_models.ZImage`` at width 256 (the narrowest its
+  256-wide timestep embedding allows), and Z-Image's text encoder (``z_image``: Qwen3 with the real Qwen
+  tokenizer and chat template) narrowed by the per-encoder config override.
 
 Call :func:`comfy_env.bootstrap_comfy` first.
 """
@@ -70,5 +74,43 @@ def tiny_chroma_clip(seed: int = 1) -> Any:
     return clip
 
 
-FAMILY_MODELS = {"chroma": (tiny_chroma_model, tiny_chroma_clip)}
+Z_IMAGE_TINY = {
+    "image_model": "lumina2", "patch_size": 2, "in_channels": 16, "dim": 256, "cap_feat_dim": TEXT_WIDTH,
+    "n_layers": 2, "n_refiner_layers": 1, "n_heads": 2, "n_kv_heads": 2, "qk_norm": True,
+    "axes_dims": [32, 48, 48], "axes_lens": [1536, 512, 512], "rope_theta": 256.0, "ffn_dim_multiplier": 8.0 / 3.0,
+    "z_image_modulation": True, "time_scale": 1000.0, "pad_tokens_multiple": 32,
+}
+"""Z-Image's NextDiT as ComfyUI's detection configures it (dim 3840, 30 heads × 128, 30 layers, 2 refiners) at
+dim 256: 2 heads × 128, 2 joint layers, 1 context and 1 noise refiner layer."""
+
+Z_IMAGE_TEXT_ENCODER = {"qwen3_4b_model_config": {"hidden_size": TEXT_WIDTH, "intermediate_size": 128,
+                                                  "num_hidden_layers": 3, "num_attention_heads": 2,
+                                                  "num_key_value_heads": 1}}
+"""Qwen3 at width 64 (3 layers; the head width stays Qwen3's 128, a class constant of ComfyUI's config)."""
+
+
+def tiny_z_image_model(seed: int = 0, dtype: torch.dtype = torch.float32) -> Any:
+    """A ModelPatcher around a tiny Z-Image (``model_family`` says ``ZImage``), on the CPU."""
+    import comfy.supported_models
+
+    model_config = comfy.supported_models.ZImage(dict(Z_IMAGE_TINY))
+    model_config.set_inference_dtype(dtype, None)
+    model = model_config.get_model({}, "")
+    init_weights(model.diffusion_model, seed)
+    return _patcher(model)
+
+
+def tiny_z_image_clip(seed: int = 1) -> Any:
+    """Z-Image's text encoder (ComfyUI's ``z_image``: Qwen3, the real tokenizer and chat template), 64 wide."""
+    import comfy.sd
+    import comfy.supported_models_base
+    import comfy.text_encoders.z_image as z_image
+
+    target = comfy.supported_models_base.ClipTarget(z_image.ZImageTokenizer, z_image.te())
+    clip = comfy.sd.CLIP(target, parameters=0, model_options=dict(Z_IMAGE_TEXT_ENCODER))
+    init_weights(clip.cond_stage_model, seed)
+    return clip
+
+
+FAMILY_MODELS = {"chroma": (tiny_chroma_model, tiny_chroma_clip), "z_image": (tiny_z_image_model, tiny_z_image_clip)}
 """Per tiny family: (model builder, CLIP builder)."""
