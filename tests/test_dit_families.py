@@ -1,5 +1,5 @@
-"""Joint-attention families beyond Flux.1 and SD3: Chroma and Z-Image, on tiny models built with ComfyUI's classes and the
-real tokenizers; and the DiTs still refused, by name, before sampling.
+"""Joint-attention families beyond Flux.1 and SD3: Chroma and Z-Image, on tiny models built with ComfyUI's classes
+and the real tokenizers; and the DiTs still refused, by name, before sampling.
 
 What is asserted here, per family: Parse Bindings' positions against the real tokenizer output; the recorded maps
 equal an explicit softmax of each block's own q and k, recomputed from its weights; the default blocks. Guided

@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .clip_tokens import TokenTable
+from .prompt_text import CleanPrompt
 from .qwen_tokens import QWEN_KEYS
 from .t5_tokens import T5_KEY
 
 SEQUENCE_ENCODERS = frozenset({T5_KEY, *QWEN_KEYS})
 """Encoders whose context is one token sequence (no 77-token chunks, no start token): T5, Qwen3."""
-from .prompt_text import CleanPrompt
 
 if TYPE_CHECKING:  # binding_losses/__init__ imports torch; the dataclasses are imported where they are built
     from ..binding_losses.types import TokenLayout

@@ -9,8 +9,9 @@ without padding, start or end tokens.
 The prompt's tokens are found in the decoded token stream, not by counting: the template's prefix and suffix are
 fixed text around the prompt, and a token is a prompt token when all its characters lie between them (a prompt
 that starts with a newline merges it with the prefix's newline into one template token, which holds no letters).
-A whitespace-only prompt token (``Ġ``) stays a prompt token but belongs to no word. Their spans in the original prompt come from the same character alignment as CLIP's.
-No torch or ComfyUI import happens at module import time.
+A whitespace-only prompt token (``Ġ``) stays a prompt token but belongs to no word. The prompt tokens' spans in
+the original prompt come from the same character alignment as CLIP's. No torch or ComfyUI import happens at
+module import time.
 """
 
 from __future__ import annotations
