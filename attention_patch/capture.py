@@ -30,6 +30,9 @@ CHROMA_FAMILIES = ("Chroma",)
 T5-only context; ComfyUI labels its blocks as it does Flux's, so the Flux capture serves it unchanged."""
 SD3_FAMILIES = ("SD3",)
 """ComfyUI model configs whose diffusion model is SD3's MMDiT (SD3 Medium, SD3.5 Large/Medium)."""
+QWEN_IMAGE_FAMILIES = ("QwenImage",)
+"""Qwen-Image: 60 MMDiT blocks (separate text and image weights) over [text, image], labelled ``double`` by
+ComfyUI, with a Qwen2.5-VL text encoder."""
 Z_IMAGE_FAMILIES = ("ZImage",)
 """Z-Image: Lumina 2's NextDiT (single-stream joint blocks over [text, image], each padded to 32 tokens) with a
 Qwen3 text encoder."""
@@ -105,6 +108,13 @@ def sd3_blocks(diffusion_model: Any) -> list[JointBlock]:
     return [JointBlock("joint", i, heads) for i in range(len(diffusion_model.joint_blocks))]
 
 
+def qwen_image_blocks(diffusion_model: Any) -> list[JointBlock]:
+    """Every block of Qwen-Image's transformer, under the ``double`` label ComfyUI gives them."""
+    blocks = diffusion_model.transformer_blocks
+    heads = int(blocks[0].attn.heads) if len(blocks) else 0
+    return [JointBlock("double", i, heads) for i in range(len(blocks))]
+
+
 def next_dit_blocks(diffusion_model: Any) -> list[JointBlock]:
     """The main joint blocks of Lumina 2's NextDiT (Z-Image), in execution order; the context and noise refiners
     before them attend over text alone and image alone."""
@@ -113,8 +123,8 @@ def next_dit_blocks(diffusion_model: Any) -> list[JointBlock]:
 
 
 def default_blocks(blocks: Sequence[JointBlock]) -> list[JointBlock]:
-    """Flux, Chroma: the double-stream blocks, where text and image keep their own weights; SD3: every joint block
-    (all keep separate weights); Z-Image: every joint block (all share them). See docs/model_families.md."""
+    """Flux, Chroma: the double-stream blocks, where text and image keep their own weights; SD3, Qwen-Image: every
+    block (all keep separate weights); Z-Image: every joint block (all share them). See docs/model_families.md."""
     double = [block for block in blocks if block.kind == "double"]
     return double or list(blocks)
 
@@ -136,7 +146,8 @@ def select_blocks(available: Sequence[JointBlock], wanted: Sequence[tuple[str, i
     return [by_key[key] for key in dict.fromkeys(wanted)]
 
 
-GUIDED_FAMILIES = "UNet models (SD1.x, SD2.x, SDXL) and the joint-attention DiTs Flux.1, Chroma, SD3 and Z-Image"
+GUIDED_FAMILIES = ("UNet models (SD1.x, SD2.x, SDXL) and the joint-attention DiTs Flux.1, Chroma, SD3, Z-Image and "
+                   "Qwen-Image")
 """The families :func:`capture_for_model` serves, as the refusal names them."""
 
 REFUSAL_REASONS = {
@@ -184,6 +195,8 @@ def capture_for_model(
         available, offset = flux_blocks(diffusion_model), 0
     elif family in SD3_FAMILIES and hasattr(diffusion_model, "joint_blocks"):
         available, offset = sd3_blocks(diffusion_model), int(diffusion_model.register_length)
+    elif family in QWEN_IMAGE_FAMILIES and hasattr(diffusion_model, "transformer_blocks"):
+        available, offset = qwen_image_blocks(diffusion_model), 0
     elif family in Z_IMAGE_FAMILIES and hasattr(diffusion_model, "cap_embedder"):
         available, offset = next_dit_blocks(diffusion_model), 0
         pad = int(diffusion_model.pad_tokens_multiple or 1)

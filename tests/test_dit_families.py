@@ -1,5 +1,5 @@
-"""Joint-attention families beyond Flux.1 and SD3: Chroma and Z-Image, on tiny models built with ComfyUI's classes
-and the real tokenizers; and the DiTs still refused, by name, before sampling.
+"""Joint-attention families beyond Flux.1 and SD3: Chroma, Z-Image and Qwen-Image, on tiny models built with
+ComfyUI's classes and the real tokenizers; and the DiTs still refused, by name, before sampling.
 
 What is asserted here, per family: Parse Bindings' positions against the real tokenizer output; the recorded maps
 equal an explicit softmax of each block's own q and k, recomputed from its weights; the default blocks. Guided
@@ -137,6 +137,69 @@ def test_z_image_chosen_blocks(harness: Any, z_image: dict) -> None:
     assert [b.label for b in plan.blocks] == ["joint 1"]
     with pytest.raises(capture.UnsupportedModelError, match=r"no block double 0 \(it has joint 0-1\)"):
         capture.capture_for_model(z_image["model"], 4, lambda f: {f}, dit_blocks="double 0")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Qwen-Image
+
+
+@pytest.fixture(scope="module")
+def qwen_image(harness: Any) -> dict:
+    """The tiny Qwen-Image model and its Qwen2.5-VL encoder, the encoded prompt and the Parse Bindings output."""
+    return tiny_case(harness, "qwen_image")
+
+
+def test_qwen_image_positions_start_after_the_dropped_system_turn(harness: Any, qwen_image: dict) -> None:
+    """Qwen-Image's encoder drops its template's system turn and ``<|im_start|>user\\n``: the context is the
+    prompt's 9 tokens then ``<|im_end|>\\n<|im_start|>assistant\\n`` (pink=1 → sunflower=2-3, yellow=6 →
+    flamingo=7-8). A prompt that starts with a newline merges it into ``user``'s newline; ComfyUI then keeps
+    ``<|im_start|>user\\n\\n`` too, and the table follows: its length is the context's."""
+    layout, table = qwen_image["bindings"].layout, qwen_image["bindings"].table
+    assert qwen_image["positive"][0][0].shape == (1, 14, 64) and layout.context_length == 14
+    assert [(b.noun, b.modifiers) for b in layout.bindings] == [((2, 3), ((1,),)), ((7, 8), ((6,),))]
+    assert layout.prompt_positions == tuple(range(9)) and not layout.clip_chunks
+    assert [t.kind for t in table.tokens] == ["text"] * 9 + ["template"] * 5
+    decode = qwen_image["clip"].tokenizer.qwen25_7b.tokenizer.decode
+    assert [decode([table[p].token_id for p in b.noun]) for b in layout.bindings] == [" sunflower", " flamingo"]
+    prompt = "\na pink sunflower"
+    bindings, _ = harness.module("nodes.parse_node").parse_prompt_bindings(qwen_image["clip"], prompt)
+    with torch.inference_mode():
+        context = harness.node("CLIPTextEncode").encode(qwen_image["clip"], prompt)[0][0][0]
+    assert bindings.layout.context_length == context.shape[1] == 3 + 4 + 5
+    assert [t.piece for t in bindings.table.tokens[:3]] == ["<|im_start|>", "user", "ĊĊ"]
+    assert bindings.layout.bindings[0].noun == (5, 6) and bindings.layout.bindings[0].modifiers == ((4,),)
+
+
+def _qwen_image_block_maps(block: Any, args: tuple, kwargs: dict) -> torch.Tensor:
+    """One Qwen-Image block's image→text softmax, recomputed from its own weights and inputs."""
+    from comfy.ldm.flux.math import apply_rope1
+    from devkit.dit_runs import explicit_softmax
+
+    attn, temb = block.attn, kwargs["temb"]
+
+    def q_k(mod: Any, norm: Any, tokens: torch.Tensor, projections: tuple, norms: tuple) -> list[torch.Tensor]:
+        shift, scale, _ = mod(temb).chunk(2, dim=-1)[0].chunk(3, dim=-1)
+        hidden = norm(tokens) * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
+        return [qk_norm(project(hidden).view(tokens.shape[0], tokens.shape[1], attn.heads, -1).transpose(1, 2))
+                for project, qk_norm in zip(projections, norms, strict=True)]
+
+    txt, img = kwargs["encoder_hidden_states"], kwargs["hidden_states"]
+    txt_q, txt_k = q_k(block.txt_mod, block.txt_norm1, txt, (attn.add_q_proj, attn.add_k_proj),
+                       (attn.norm_added_q, attn.norm_added_k))
+    img_q, img_k = q_k(block.img_mod, block.img_norm1, img, (attn.to_q, attn.to_k), (attn.norm_q, attn.norm_k))
+    rope = kwargs["image_rotary_emb"]
+    q, k = apply_rope1(torch.cat((txt_q, img_q), dim=2), rope), apply_rope1(torch.cat((txt_k, img_k), dim=2), rope)
+    return explicit_softmax(q, k, txt.shape[1], (13, 19))
+
+
+def test_qwen_image_recorded_maps_equal_an_explicit_softmax_of_the_conditional_rows(harness: Any,
+                                                                                    qwen_image: dict) -> None:
+    """Qwen-Image's blocks carry ComfyUI's ``double`` labels; every block is recorded by default, and the maps
+    are the head- and block-mean softmax over the 14 text keys, pooled 2×2; the block outputs are unchanged."""
+    blocks = qwen_image["model"].model.diffusion_model.transformer_blocks
+    result = record_beside_explicit(harness, qwen_image, blocks, _qwen_image_block_maps, {})
+    assert [b.label for b in result["plan"].blocks] == ["double 0", "double 1"] and result["levels"][2].count == 4
+    assert_recorded_equals_explicit(result, 14)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Guided sampling on the tiny Flux.1, SD3, Chroma and Z-Image models (joint-attention DiTs, CONST flow sampling).
+"""Guided sampling on the tiny Flux.1, SD3, Chroma, Z-Image and Qwen-Image models (joint-attention DiTs, CONST).
 
 What is asserted: every method lowers its loss at every guided step in faithful mode, at CFG 1 (Flux-dev's setting:
 no unconditional pass) and with the family's usual CFG; fast mode's update lowers the loss at the next step and
@@ -14,7 +14,7 @@ import pytest
 import torch
 from devkit.dit_runs import config, guided, stock, tiny_case
 
-FAMILY_CFG = {"flux": 3.5, "sd3": 4.5, "chroma": 4.0, "z_image": 4.0}
+FAMILY_CFG = {"flux": 3.5, "sd3": 4.5, "chroma": 4.0, "z_image": 4.0, "qwen_image": 4.0}
 METHODS = {"syngen": "", "syngen_entropy": "", "attend_and_excite": "refine = false",
            "divide_and_bind": "refine = false"}
 

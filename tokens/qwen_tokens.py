@@ -1,10 +1,11 @@
-"""ComfyUI Qwen tokenizer output (byte-level BPE inside a chat template) -> a table of context positions, for Z-Image.
+"""ComfyUI Qwen tokenizer output (byte-level BPE in a chat template) -> context positions, for Z-Image and Qwen-Image.
 
 Z-Image's text encoder (ComfyUI's ``z_image``: Qwen3-4B, second-to-last hidden layer) encodes the prompt inside
 the chat template ``<|im_start|>user\\n{prompt}<|im_end|>\\n<|im_start|>assistant\\n`` and keeps every token: the
 context's column k is token k, so the template's prefix tokens shift every prompt position (by 3 for the default
 template). ComfyUI tokenizes the whole templated text with weights disabled (``(word:1.2)`` stays literal text) and
-without padding, start or end tokens.
+without padding, start or end tokens. Qwen-Image's encoder (``qwen_image``: Qwen2.5-VL-7B, last layer) uses a
+template with a system turn and drops everything before the prompt (:func:`context_start`); the suffix tokens stay.
 
 The prompt's tokens are found in the decoded token stream, not by counting: the template's prefix and suffix are
 fixed text around the prompt, and a token is a prompt token when all its characters lie between them (a prompt
@@ -23,10 +24,27 @@ from .char_align import bpe_target_stream, piece_spans
 from .clip_tokens import ClipToken, TokenTable, _find_sd_tokenizer
 
 Z_IMAGE_KEY = "qwen3_4b"
+QWEN_IMAGE_KEY = "qwen25_7b"
+QWEN_KEYS = (Z_IMAGE_KEY, QWEN_IMAGE_KEY)
+"""Tokenizer output keys of the Qwen encoders: Z-Image's Qwen3-4B, Qwen-Image's Qwen2.5-VL-7B."""
 WHITESPACE_PIECES = "ĠĊĉč"
 """Byte-level BPE's printable stand-ins for space, newline, tab and carriage return."""
-QWEN_KEYS = (Z_IMAGE_KEY,)
-"""Tokenizer output keys of the Qwen encoders whose context keeps the whole template (Z-Image)."""
+IM_START, USER, NEWLINE = 151644, 872, 198
+"""Qwen ids of ``<|im_start|>``, ``user`` and ``\\n``."""
+
+
+def context_start(key: str, ids: Sequence[int]) -> int:
+    """The first token that is a context column. Z-Image keeps every token (0). Qwen-Image's encoder
+    (``QwenImageTEModel.encode_token_weights``) drops the system turn: its context starts at the second
+    ``<|im_start|>``, or 3 tokens later when ``user\\n`` follows it (the default template); with no
+    ``<|im_start|>`` it keeps the last token only. This mirrors ComfyUI 0.3.75's rule."""
+    if key != QWEN_IMAGE_KEY:
+        return 0
+    starts = [i for i, tid in enumerate(ids) if tid == IM_START][:2]
+    end = starts[-1] if starts else -1
+    if len(ids) > end + 3 and ids[end + 1] == USER and ids[end + 2] == NEWLINE:
+        end += 3
+    return end % len(ids) if ids else 0
 
 
 def _template_parts(tokenizer: Any) -> tuple[str, str]:
@@ -72,7 +90,7 @@ def qwen_token_table(tokenizer_output: Mapping[str, Any], text: str, tokenizer: 
     if len(chunks) != 1:
         raise ValueError(f"expected one Qwen token sequence, got {len(chunks)}")
     inv_vocab: Mapping[int, str] = getattr(_find_sd_tokenizer(tokenizer, key), "inv_vocab", None) or {}
-    ids = [int(entry[0]) for entry in chunks[0]]
+    ids = [int(entry[0]) if isinstance(entry[0], int) else -1 for entry in chunks[0]]  # -1: an image embed
     pieces = [inv_vocab.get(tid, "") for tid in ids]
     prefix, suffix = _template_parts(tokenizer)
     holders, target, owners = _prompt_tokens(pieces, prefix, suffix)
@@ -82,12 +100,17 @@ def qwen_token_table(tokenizer_output: Mapping[str, Any], text: str, tokenizer: 
         warnings.append("prompt text and Qwen pieces differ (unicode normalisation or escapes); spans of the "
                         "differing characters are approximate")
     span_of = dict(zip(holders, spans, strict=True))
+    first = context_start(key, ids)
     tokens = []
-    for i, (entry, piece) in enumerate(zip(chunks[0], pieces, strict=True)):
-        span = span_of.get(i)
-        tokens.append(ClipToken(chunk=0, index=i, position=i, token_id=ids[i], piece=piece, word_id=int(entry[2]),
-                                weight=float(entry[1]), kind="text" if i in span_of else "template",
+    for i in range(first, len(ids)):
+        span, piece, entry = span_of.get(i), pieces[i], chunks[0][i]
+        tokens.append(ClipToken(chunk=0, index=i - first, position=i - first, token_id=ids[i], piece=piece,
+                                word_id=int(entry[2]), weight=float(entry[1]),
+                                kind="text" if i in span_of else "template",
                                 start=span[0] if span else None, end=span[1] if span else None))
         if i in span_of and span is None and piece.strip(WHITESPACE_PIECES):
-            warnings.append(f"token '{piece}' at position {i} maps to no prompt characters")
+            warnings.append(f"token '{piece}' at position {i - first} maps to no prompt characters")
+    if any(i < first for i in holders):
+        warnings.append("the text encoder drops the start of the prompt with the template; those words have no "
+                        "positions")
     return TokenTable(text, tuple(tokens), (len(tokens),), (key,), tuple(warnings))

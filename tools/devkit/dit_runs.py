@@ -55,7 +55,7 @@ def guided(harness: Any, case: dict, guidance: Any, cfg: float = 1.0, latent: to
 
     sampler_module = harness.module("guidance.sampler")
     model = case["model"]
-    latent = torch.zeros(1, 16, 32, 32) if latent is None else latent
+    latent = comfy.sample.fix_empty_latent_channels(model, torch.zeros(1, 16, 32, 32) if latent is None else latent)
     with torch.inference_mode():
         sigmas = comfy.samplers.KSampler(model, steps, model.load_device, "euler", "simple", 1.0,
                                          model_options=model.model_options).sigmas
@@ -72,6 +72,7 @@ def stock(case: dict, cfg: float = 1.0, latent: torch.Tensor | None = None, step
     import comfy.sample
 
     latent = torch.zeros(1, 16, 32, 32) if latent is None else latent
+    latent = comfy.sample.fix_empty_latent_channels(case["model"], latent)  # as KSampler: Qwen-Image's is 5-D
     with torch.inference_mode():
         noise = comfy.sample.prepare_noise(latent, 7)
         return comfy.sample.sample(case["model"], noise, steps, cfg, "euler", "simple", case["positive"],
@@ -83,6 +84,8 @@ def record_beside_explicit(harness: Any, case: dict, blocks: Any, explicit: Any,
     (``capture_for_model`` with levels 2 and 4), and ``explicit(block, args, kwargs)`` run on each block's inputs
     (its conditional row); then the same forward without the recorder. Returns the recorded levels, the mean of
     the explicit maps, and the first block's outputs with and without the recorder."""
+    import comfy.sample
+
     capture = harness.module("attention_patch.capture")
     model = case["model"].model
     plan = capture.capture_for_model(case["model"], 4, lambda f: {f, 2})
@@ -100,6 +103,7 @@ def record_beside_explicit(harness: Any, case: dict, blocks: Any, explicit: Any,
     pooled = [entry[0][1].get("pooled_output") for entry in (case["negative"], case["positive"])]
     extra = {**extra, "y": torch.cat(pooled)} if pooled[0] is not None else extra  # Chroma, Z-Image: no pooled
     latent = torch.randn(2, 16, 26, 38, generator=torch.Generator().manual_seed(3))
+    latent = comfy.sample.fix_empty_latent_channels(case["model"], latent)  # Qwen-Image: 5-D
     for kind, options in (("recorded", recorder.model_options_with_patches({})), ("plain", {})):
         transformer_options = {**options.get("transformer_options", {}), "cond_or_uncond": [1, 0]}
         hooks = [blocks[0].register_forward_hook(lambda m, a, k, out, kind=kind: outputs.setdefault(kind, out),

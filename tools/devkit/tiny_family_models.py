@@ -112,5 +112,43 @@ def tiny_z_image_clip(seed: int = 1) -> Any:
     return clip
 
 
-FAMILY_MODELS = {"chroma": (tiny_chroma_model, tiny_chroma_clip), "z_image": (tiny_z_image_model, tiny_z_image_clip)}
+QWEN_IMAGE_TINY = {
+    "image_model": "qwen_image", "patch_size": 2, "in_channels": 64, "out_channels": 16, "num_layers": 2,
+    "attention_head_dim": 32, "num_attention_heads": 2, "joint_attention_dim": TEXT_WIDTH,
+    "axes_dims_rope": (8, 12, 12),
+}
+"""Qwen-Image's transformer (60 blocks, 24 heads × 128, 16 latent channels in 2×2 patches) at 2 blocks, 2 heads × 32."""
+
+QWEN_IMAGE_TEXT_ENCODER = {"qwen25_7b_model_config": {"hidden_size": TEXT_WIDTH, "intermediate_size": 128,
+                                                      "num_hidden_layers": 3, "num_attention_heads": 2,
+                                                      "num_key_value_heads": 1}}
+
+
+def tiny_qwen_image_model(seed: int = 0, dtype: torch.dtype = torch.float32) -> Any:
+    """A ModelPatcher around a tiny Qwen-Image (``model_family`` says ``QwenImage``), on the CPU."""
+    import comfy.supported_models
+
+    model_config = comfy.supported_models.QwenImage(dict(QWEN_IMAGE_TINY))
+    model_config.set_inference_dtype(dtype, None)
+    model = model_config.get_model({}, "")
+    init_weights(model.diffusion_model, seed)
+    return _patcher(model)
+
+
+def tiny_qwen_image_clip(seed: int = 1) -> Any:
+    """Qwen-Image's text encoder (ComfyUI's ``qwen_image``: Qwen2.5-VL, the real tokenizer and template), its
+    language model 64 wide. ComfyUI builds the vision tower at full size whatever the config (658 M parameters);
+    it runs only for image inputs (Qwen-Image Edit), so it is left as allocated, never initialised or touched."""
+    import comfy.sd
+    import comfy.supported_models_base
+    import comfy.text_encoders.qwen_image as qwen_image
+
+    target = comfy.supported_models_base.ClipTarget(qwen_image.QwenImageTokenizer, qwen_image.te())
+    clip = comfy.sd.CLIP(target, parameters=0, model_options=dict(QWEN_IMAGE_TEXT_ENCODER))
+    init_weights(clip.cond_stage_model.qwen25_7b.transformer.model, seed)
+    return clip
+
+
+FAMILY_MODELS = {"chroma": (tiny_chroma_model, tiny_chroma_clip), "z_image": (tiny_z_image_model, tiny_z_image_clip),
+                 "qwen_image": (tiny_qwen_image_model, tiny_qwen_image_clip)}
 """Per tiny family: (model builder, CLIP builder)."""
