@@ -153,6 +153,8 @@ GUIDED_FAMILIES = ("UNet models (SD1.x, SD2.x, SDXL) and the joint-attention DiT
 REFUSAL_REASONS = {
     "ChromaRadiance": "a pixel-space Chroma (16×16-pixel patches, no VAE latent), where the map levels, which are "
                       "downsampling factors of a VAE latent, mean something else",
+    "Lumina2": "Lumina 2's NextDiT, whose attention the Z-Image capture reads, but with a Gemma 2 text encoder (and "
+               "CLIPTextEncodeLumina2's system prompt) whose token positions the pack does not read yet",
 }
 """Why a family that looks served is not (shown in the refusal); other families get the generic reason."""
 

@@ -101,16 +101,16 @@ class GuidanceOptions:
     )
     joint_normalization: str = setting(
         "text",
-        "Flux.1 and SD3 only: how a joint-attention map is normalised. `text`: the image query's softmax over the "
-        "text keys only (each map sums to 1 over the text, as on a UNet); `joint`: the text columns of the "
-        "softmax over text and image keys",
+        "Joint-attention DiTs only (Flux.1, Chroma, SD3, Z-Image, Qwen-Image): how a joint-attention map is "
+        "normalised. `text`: the image query's softmax over the text keys only (each map sums to 1 over the "
+        "text, as on a UNet); `joint`: the text columns of the softmax over text and image keys",
         choices=JOINT_NORMALIZATIONS,
     )
     dit_blocks: str = setting(
         "",
-        "Flux.1 and SD3 only: the blocks whose attention is recorded, e.g. `double 5-18, single 0-9` (Flux.1) or "
-        "`joint 0-23` (SD3); empty: all double-stream blocks (Flux.1), all joint blocks (SD3). The guidance pass "
-        "stops after the last one",
+        "Joint-attention DiTs only: the blocks whose attention is recorded, e.g. `double 5-18, single 0-9` (Flux.1, "
+        "Chroma), `joint 0-23` (SD3, Z-Image) or `double 0-29` (Qwen-Image); empty: all double-stream blocks "
+        "(Flux.1, Chroma), every block (the others). The guidance pass stops after the last one",
         check=parse_block_list,
     )
 
@@ -120,7 +120,7 @@ class GuidanceOptions:
 
 SAMPLER_SETTINGS = tuple(item.name for item in fields(GuidanceOptions))
 JOINT_ATTENTION_SETTINGS = ("joint_normalization", "dit_blocks")
-"""Sampler settings for Flux.1 and SD3 only; optional inputs of the Options node (saved graphs lack them)."""
+"""Sampler settings for the joint-attention DiTs only; optional inputs of the Options node (saved graphs lack them)."""
 """The sampler-level settings (``GuidanceOptions``); older workflows set them in ``advanced``."""
 
 

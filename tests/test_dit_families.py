@@ -228,3 +228,38 @@ def test_chroma_radiance_is_refused_naming_the_family(harness: Any) -> None:
     patch = harness.module("attention_patch")
     with pytest.raises(patch.UnsupportedModelError, match=r"connected model is ChromaRadiance, a pixel-space"):
         patch.require_supported(model)
+
+
+LUMINA2_TINY = {"image_model": "lumina2", "patch_size": 2, "in_channels": 16, "dim": 64, "cap_feat_dim": 32,
+                "n_layers": 1, "n_refiner_layers": 1, "n_heads": 2, "n_kv_heads": 1, "qk_norm": True,
+                "axes_dims": [8, 12, 12]}
+
+
+def test_lumina2_is_refused_before_sampling_naming_the_family(harness: Any) -> None:
+    """Lumina 2 has Z-Image's transformer but a Gemma 2 encoder the pack does not read: the Binding-Guided
+    KSampler path refuses it by name, with that reason, before the first model call."""
+    import comfy.model_patcher
+    import comfy.supported_models
+    from devkit.tiny_models import init_weights
+
+    model_config = comfy.supported_models.Lumina2(dict(LUMINA2_TINY))
+    model_config.set_inference_dtype(torch.float32, None)
+    cpu = torch.device("cpu")
+    model = comfy.model_patcher.ModelPatcher(model_config.get_model({}, ""), load_device=cpu, offload_device=cpu)
+    init_weights(model.model.diffusion_model, 0)
+    types = harness.module("binding_losses.types")
+    inputs = harness.module("guidance.inputs")
+    layout = types.TokenLayout(bindings=(types.TokenBinding((3,), ((2,),)),), prompt_positions=(1, 2, 3))
+    bindings = inputs.PromptBindings(prompt="a pink sunflower", layout=layout)
+    config = inputs.GuidanceConfig(objective=harness.module("binding_losses.objectives").make_objective("syngen"))
+    cond = [[torch.randn(1, 8, 32), {}]]
+    calls: list[int] = []
+    handle = model.model.diffusion_model.register_forward_pre_hook(lambda *_: calls.append(1))
+    try:
+        with pytest.raises(harness.module("attention_patch").UnsupportedModelError,
+                           match=r"connected model is Lumina2 \(diffusion model NextDiT\), Lumina 2's NextDiT.*Gemma 2"):
+            harness.module("guidance.sample").guided_sample(model, 0, 2, 3.0, "euler", "simple", cond, cond,
+                                                            torch.zeros(1, 16, 8, 8), bindings, config)
+    finally:
+        handle.remove()
+    assert calls == []
