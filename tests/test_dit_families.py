@@ -256,8 +256,8 @@ def test_lumina2_is_refused_before_sampling_naming_the_family(harness: Any) -> N
     calls: list[int] = []
     handle = model.model.diffusion_model.register_forward_pre_hook(lambda *_: calls.append(1))
     try:
-        with pytest.raises(harness.module("attention_patch").UnsupportedModelError,
-                           match=r"connected model is Lumina2 \(diffusion model NextDiT\), Lumina 2's NextDiT.*Gemma 2"):
+        refused = r"connected model is Lumina2 \(diffusion model NextDiT\), Lumina 2's NextDiT.*Gemma 2"
+        with pytest.raises(harness.module("attention_patch").UnsupportedModelError, match=refused):
             harness.module("guidance.sample").guided_sample(model, 0, 2, 3.0, "euler", "simple", cond, cond,
                                                             torch.zeros(1, 16, 8, 8), bindings, config)
     finally:

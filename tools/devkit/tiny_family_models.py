@@ -35,11 +35,27 @@ CHROMA_TEXT_ENCODER = {"t5xxl_model_config": {"d_model": TEXT_WIDTH, "d_ff": 128
                                               "num_layers": 2, "num_decoder_layers": 2}}
 
 
-def _patcher(model: Any) -> Any:
+def _tiny_model(config_name: str, unet_config: dict, seed: int, dtype: torch.dtype) -> Any:
+    """A ModelPatcher (CPU) around ``comfy.supported_models.<config_name>(unet_config)``'s model, every weight
+    initialised."""
     import comfy.model_patcher
+    import comfy.supported_models
 
+    model_config = getattr(comfy.supported_models, config_name)(dict(unet_config))
+    model_config.set_inference_dtype(dtype, None)
+    model = model_config.get_model({}, "")
+    init_weights(model.diffusion_model, seed)
     cpu = torch.device("cpu")
     return comfy.model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu)
+
+
+def _tiny_clip(tokenizer: Any, text_encoder: Any, model_options: dict) -> Any:
+    """``comfy.sd.CLIP`` over a ClipTarget, narrowed by ComfyUI's per-encoder config override (not initialised)."""
+    import comfy.sd
+    import comfy.supported_models_base
+
+    target = comfy.supported_models_base.ClipTarget(tokenizer, text_encoder)
+    return comfy.sd.CLIP(target, parameters=0, model_options=dict(model_options))
 
 
 def _ones_for_norm_scales(module: torch.nn.Module, suffixes: tuple[str, ...]) -> None:
@@ -52,24 +68,16 @@ def _ones_for_norm_scales(module: torch.nn.Module, suffixes: tuple[str, ...]) ->
 
 def tiny_chroma_model(seed: int = 0, dtype: torch.dtype = torch.float32) -> Any:
     """A ModelPatcher around a tiny Chroma (``model_family`` says ``Chroma``), on the CPU."""
-    import comfy.supported_models
-
-    model_config = comfy.supported_models.Chroma(dict(CHROMA_TINY))
-    model_config.set_inference_dtype(dtype, None)
-    model = model_config.get_model({}, "")
-    init_weights(model.diffusion_model, seed)
-    _ones_for_norm_scales(model.diffusion_model, (".scale",))
-    return _patcher(model)
+    patcher = _tiny_model("Chroma", CHROMA_TINY, seed, dtype)
+    _ones_for_norm_scales(patcher.model.diffusion_model, (".scale",))
+    return patcher
 
 
 def tiny_chroma_clip(seed: int = 1) -> Any:
     """Chroma's text encoder (ComfyUI's ``pixart_t5``: T5 with the real tokenizer, no padding), 64 wide."""
-    import comfy.sd
-    import comfy.supported_models_base
     import comfy.text_encoders.pixart_t5 as pixart_t5
 
-    target = comfy.supported_models_base.ClipTarget(pixart_t5.PixArtTokenizer, pixart_t5.pixart_te())
-    clip = comfy.sd.CLIP(target, parameters=0, model_options=dict(CHROMA_TEXT_ENCODER))
+    clip = _tiny_clip(pixart_t5.PixArtTokenizer, pixart_t5.pixart_te(), CHROMA_TEXT_ENCODER)
     init_weights(clip.cond_stage_model, seed)
     return clip
 
@@ -83,31 +91,24 @@ Z_IMAGE_TINY = {
 """Z-Image's NextDiT as ComfyUI's detection configures it (dim 3840, 30 heads × 128, 30 layers, 2 refiners) at
 dim 256: 2 heads × 128, 2 joint layers, 1 context and 1 noise refiner layer."""
 
-Z_IMAGE_TEXT_ENCODER = {"qwen3_4b_model_config": {"hidden_size": TEXT_WIDTH, "intermediate_size": 128,
-                                                  "num_hidden_layers": 3, "num_attention_heads": 2,
-                                                  "num_key_value_heads": 1}}
-"""Qwen3 at width 64 (3 layers; the head width stays Qwen3's 128, a class constant of ComfyUI's config)."""
+TINY_QWEN = {"hidden_size": TEXT_WIDTH, "intermediate_size": 128, "num_hidden_layers": 3, "num_attention_heads": 2,
+             "num_key_value_heads": 1}
+"""Qwen3 (Z-Image) and Qwen2.5-VL's language model (Qwen-Image) at width 64, 3 layers; the head width stays 128, a
+class constant of ComfyUI's configs."""
+
+Z_IMAGE_TEXT_ENCODER = {"qwen3_4b_model_config": TINY_QWEN}
 
 
 def tiny_z_image_model(seed: int = 0, dtype: torch.dtype = torch.float32) -> Any:
     """A ModelPatcher around a tiny Z-Image (``model_family`` says ``ZImage``), on the CPU."""
-    import comfy.supported_models
-
-    model_config = comfy.supported_models.ZImage(dict(Z_IMAGE_TINY))
-    model_config.set_inference_dtype(dtype, None)
-    model = model_config.get_model({}, "")
-    init_weights(model.diffusion_model, seed)
-    return _patcher(model)
+    return _tiny_model("ZImage", Z_IMAGE_TINY, seed, dtype)
 
 
 def tiny_z_image_clip(seed: int = 1) -> Any:
     """Z-Image's text encoder (ComfyUI's ``z_image``: Qwen3, the real tokenizer and chat template), 64 wide."""
-    import comfy.sd
-    import comfy.supported_models_base
     import comfy.text_encoders.z_image as z_image
 
-    target = comfy.supported_models_base.ClipTarget(z_image.ZImageTokenizer, z_image.te())
-    clip = comfy.sd.CLIP(target, parameters=0, model_options=dict(Z_IMAGE_TEXT_ENCODER))
+    clip = _tiny_clip(z_image.ZImageTokenizer, z_image.te(), Z_IMAGE_TEXT_ENCODER)
     init_weights(clip.cond_stage_model, seed)
     return clip
 
@@ -119,32 +120,21 @@ QWEN_IMAGE_TINY = {
 }
 """Qwen-Image's transformer (60 blocks, 24 heads × 128, 16 latent channels in 2×2 patches) at 2 blocks, 2 heads × 32."""
 
-QWEN_IMAGE_TEXT_ENCODER = {"qwen25_7b_model_config": {"hidden_size": TEXT_WIDTH, "intermediate_size": 128,
-                                                      "num_hidden_layers": 3, "num_attention_heads": 2,
-                                                      "num_key_value_heads": 1}}
+QWEN_IMAGE_TEXT_ENCODER = {"qwen25_7b_model_config": TINY_QWEN}
 
 
 def tiny_qwen_image_model(seed: int = 0, dtype: torch.dtype = torch.float32) -> Any:
     """A ModelPatcher around a tiny Qwen-Image (``model_family`` says ``QwenImage``), on the CPU."""
-    import comfy.supported_models
-
-    model_config = comfy.supported_models.QwenImage(dict(QWEN_IMAGE_TINY))
-    model_config.set_inference_dtype(dtype, None)
-    model = model_config.get_model({}, "")
-    init_weights(model.diffusion_model, seed)
-    return _patcher(model)
+    return _tiny_model("QwenImage", QWEN_IMAGE_TINY, seed, dtype)
 
 
 def tiny_qwen_image_clip(seed: int = 1) -> Any:
     """Qwen-Image's text encoder (ComfyUI's ``qwen_image``: Qwen2.5-VL, the real tokenizer and template), its
     language model 64 wide. ComfyUI builds the vision tower at full size whatever the config (658 M parameters);
     it runs only for image inputs (Qwen-Image Edit), so it is left as allocated, never initialised or touched."""
-    import comfy.sd
-    import comfy.supported_models_base
     import comfy.text_encoders.qwen_image as qwen_image
 
-    target = comfy.supported_models_base.ClipTarget(qwen_image.QwenImageTokenizer, qwen_image.te())
-    clip = comfy.sd.CLIP(target, parameters=0, model_options=dict(QWEN_IMAGE_TEXT_ENCODER))
+    clip = _tiny_clip(qwen_image.QwenImageTokenizer, qwen_image.te(), QWEN_IMAGE_TEXT_ENCODER)
     init_weights(clip.cond_stage_model.qwen25_7b.transformer.model, seed)
     return clip
 
