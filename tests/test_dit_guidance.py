@@ -75,6 +75,15 @@ def test_tsam_refines_and_guides_in_fast_mode(harness: Any, dit: dict, with_cfg:
     assert (out - unguided_out).abs().max() > 1e-4
 
 
+def test_tsam_without_a_text_encoder_is_refused_before_sampling(harness: Any, dit: dict) -> None:
+    """Hand-built bindings that carry no CLIP have no text self-attention for T-SAM: refused by name."""
+    import dataclasses
+
+    case = {**dit, "bindings": dataclasses.replace(dit["bindings"], clip=None)}
+    with pytest.raises(harness.module("guidance.errors").BindingGuidanceError, match="T-SAM.*no CLIP"):
+        guided(harness, case, config(harness, "tsam"), steps=2)
+
+
 def test_batch_of_two_then_a_plain_run_is_bit_identical(harness: Any, dit: dict) -> None:
     latent = torch.zeros(2, 16, 32, 32)
     model = dit["model"]
