@@ -80,7 +80,7 @@ def test_tsam_without_a_text_encoder_is_refused_before_sampling(harness: Any, di
     import dataclasses
 
     case = {**dit, "bindings": dataclasses.replace(dit["bindings"], clip=None)}
-    with pytest.raises(harness.module("guidance.errors").BindingGuidanceError, match="T-SAM.*no CLIP"):
+    with pytest.raises(harness.module("guidance.errors").BindingGuidanceError, match=r"T-SAM.*no CLIP"):
         guided(harness, case, config(harness, "tsam"), steps=2)
 
 
