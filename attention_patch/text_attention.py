@@ -130,4 +130,10 @@ def text_self_attention(clip: Any, prompt: str, encoders: Sequence[str], context
     has T5 positions (Flux.1, SD3), else CLIP's first chunk."""
     if T5_KEY in encoders:
         return t5_text_self_attention(clip, prompt, context_length)
+    if not _clip_attention_modules(clip.cond_stage_model):
+        raise RuntimeError(
+            f"config: T-SAM reads the self-attention of a CLIP or T5 text encoder over the prompt; this model's "
+            f"text encoder ({', '.join(encoders) or 'unknown'}: Z-Image's and Qwen-Image's Qwen encoders, for "
+            "example) has neither, so T-SAM is not available for it. Choose another method (SynGen, A&E, D&B)."
+        )
     return clip_text_self_attention(clip, prompt)
