@@ -118,15 +118,21 @@ def _next_dit_block_maps(text: int, padded_text: int) -> Any:
     return maps
 
 
-def test_z_image_recorded_maps_equal_an_explicit_softmax_of_the_conditional_rows(harness: Any,
-                                                                                 z_image: dict) -> None:
+@pytest.mark.parametrize("pad", [32, None])
+def test_z_image_recorded_maps_equal_an_explicit_softmax_of_the_conditional_rows(harness: Any, z_image: dict,
+                                                                                 pad: int | None) -> None:
     """The recorder numbers NextDiT's joint blocks itself (``joint 0-1``; the context and noise refiners, which
-    attend over text alone and image alone, are not counted), finds the image after the text padded to 32 tokens,
-    and its maps are the head- and block-mean softmax over the 17 text keys, pooled 2×2; outputs unchanged."""
-    blocks = z_image["model"].model.diffusion_model.layers
-    result = record_beside_explicit(harness, z_image, blocks, _next_dit_block_maps(17, 32), {"num_tokens": 17})
+    attend over text alone and image alone, are not counted), finds the image after the text padded to 32 tokens
+    (or right after it, for a checkpoint without pad tokens), and its maps are the head- and block-mean softmax
+    over the 17 text keys, pooled 2×2; outputs unchanged."""
+    from devkit.tiny_family_models import tiny_z_image_model
+
+    case = z_image if pad == 32 else {**z_image, "model": tiny_z_image_model(pad_tokens_multiple=pad)}
+    blocks = case["model"].model.diffusion_model.layers
+    result = record_beside_explicit(harness, case, blocks, _next_dit_block_maps(17, 32 if pad else 17),
+                                    {"num_tokens": 17})
     assert [b.label for b in result["plan"].blocks] == ["joint 0", "joint 1"] and result["levels"][2].count == 4
-    assert result["plan"].pad_multiple == 32
+    assert result["plan"].pad_multiple == (pad or 1)
     assert_recorded_equals_explicit(result, 17)
 
 

@@ -99,9 +99,10 @@ class constant of ComfyUI's configs."""
 Z_IMAGE_TEXT_ENCODER = {"qwen3_4b_model_config": TINY_QWEN}
 
 
-def tiny_z_image_model(seed: int = 0, dtype: torch.dtype = torch.float32) -> Any:
-    """A ModelPatcher around a tiny Z-Image (``model_family`` says ``ZImage``), on the CPU."""
-    return _tiny_model("ZImage", Z_IMAGE_TINY, seed, dtype)
+def tiny_z_image_model(seed: int = 0, dtype: torch.dtype = torch.float32, pad_tokens_multiple: int | None = 32) -> Any:
+    """A ModelPatcher around a tiny Z-Image (``model_family`` says ``ZImage``), on the CPU. ComfyUI pads text and
+    image to 32 tokens when the checkpoint has pad tokens (``pad_tokens_multiple`` None: a checkpoint without)."""
+    return _tiny_model("ZImage", {**Z_IMAGE_TINY, "pad_tokens_multiple": pad_tokens_multiple}, seed, dtype)
 
 
 def tiny_z_image_clip(seed: int = 1) -> Any:
