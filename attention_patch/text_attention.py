@@ -18,6 +18,8 @@ import torch
 
 ENCODER_PREFERENCE = ("clip_l", "clip_h", "clip_g")
 T5_KEY = "t5xxl"
+LLM_KEYS = ("qwen3_4b", "qwen25_7b")
+"""The Qwen encoders (Z-Image, Qwen-Image), named as in the tokenizer output and on the text encoder."""
 
 Probabilities = Callable[[torch.nn.Module, tuple, dict, Any], torch.Tensor]
 """``(module, args, kwargs, output) -> [heads, L, L]`` fp32 probabilities of one self-attention call."""
@@ -74,6 +76,27 @@ def _t5_probabilities(module: torch.nn.Module, args: tuple, kwargs: dict, output
     return torch.softmax(scores, dim=-1)[0]
 
 
+def _llm_probabilities(module: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> torch.Tensor:
+    """ComfyUI's LLM ``Attention`` (``comfy.text_encoders.llama``: Qwen3, Qwen2.5-VL): ``softmax(q kᵀ/√d + mask)``
+    with q and k after their RMSNorms (Qwen3) and the rotary embedding ComfyUI passed in (``freqs_cis``), the
+    key heads repeated for grouped queries; the mask is causal, plus padding if any."""
+    from comfy.text_encoders.llama import apply_rope
+
+    x = kwargs["hidden_states"].float()
+    batch, length, _ = x.shape
+    q = module.q_proj(x).view(batch, length, module.num_heads, module.head_dim).transpose(1, 2)
+    k = module.k_proj(x).view(batch, length, module.num_kv_heads, module.head_dim).transpose(1, 2)
+    if module.q_norm is not None:
+        q, k = module.q_norm(q), module.k_norm(k)
+    q, k = apply_rope(q.float(), k.float(), [part.float() for part in kwargs["freqs_cis"]])
+    k = k.repeat_interleave(module.num_heads // module.num_kv_heads, dim=1)
+    scores = (q @ k.transpose(-1, -2)) * module.head_dim ** -0.5
+    mask = kwargs.get("attention_mask")
+    if mask is not None:
+        scores = scores + mask.float()
+    return torch.softmax(scores, dim=-1)[0]
+
+
 def _layer_head_mean(clip: Any, prompt: str, modules: Sequence[torch.nn.Module],
                      probabilities: Probabilities) -> torch.Tensor:
     """Encode ``prompt`` with ``clip`` once more, hooking ``modules``; the mean over layers and heads of the first
@@ -125,15 +148,36 @@ def t5_text_self_attention(clip: Any, prompt: str, context_length: int) -> torch
     return matrix
 
 
+def _in_context(block: torch.Tensor, context_length: int) -> torch.Tensor:
+    """An encoder's ``L×L`` matrix in context coordinates: the encoder's tokens are the last segment of the context
+    (Flux.1, Chroma, Z-Image: all of it; SD3: after the CLIP chunks, whose rows and columns stay zero), or the
+    context is the encoder's last tokens (Qwen-Image drops its template's system turn)."""
+    size = block.shape[-1]
+    if size >= context_length:
+        return block[size - context_length:, size - context_length:].clone()
+    matrix = block.new_zeros(context_length, context_length)
+    matrix[context_length - size:, context_length - size:] = block
+    return matrix
+
+
+def llm_text_self_attention(clip: Any, prompt: str, encoder: str, context_length: int) -> torch.Tensor:
+    """``[context_length, context_length]`` self-attention of a Qwen encoder (Z-Image, Qwen-Image) over the
+    templated prompt, averaged over layers and heads (causal, fp32, CPU), in context coordinates."""
+    from comfy.text_encoders.llama import Attention
+
+    root = getattr(clip.cond_stage_model, encoder, None)
+    modules = [m for m in root.modules() if isinstance(m, Attention)] if isinstance(root, torch.nn.Module) else []
+    if not modules:
+        raise RuntimeError(f"The connected CLIP has no {encoder} encoder; re-run Parse Bindings with this CLIP.")
+    return _in_context(_layer_head_mean(clip, prompt, modules, _llm_probabilities), context_length)
+
+
 def text_self_attention(clip: Any, prompt: str, encoders: Sequence[str], context_length: int) -> torch.Tensor:
     """T-SAM's text self-attention T' for the encoder that the prompt's positions address: T5 where the token table
     has T5 positions (Flux.1, SD3), else CLIP's first chunk."""
     if T5_KEY in encoders:
         return t5_text_self_attention(clip, prompt, context_length)
-    if not _clip_attention_modules(clip.cond_stage_model):
-        raise RuntimeError(
-            f"config: T-SAM reads the self-attention of a CLIP or T5 text encoder over the prompt; this model's "
-            f"text encoder ({', '.join(encoders) or 'unknown'}: Z-Image's and Qwen-Image's Qwen encoders, for "
-            "example) has neither, so T-SAM is not available for it. Choose another method (SynGen, A&E, D&B)."
-        )
+    llm = [key for key in encoders if key in LLM_KEYS]
+    if llm:
+        return llm_text_self_attention(clip, prompt, llm[0], context_length)
     return clip_text_self_attention(clip, prompt)

@@ -209,21 +209,39 @@ def test_qwen_image_recorded_maps_equal_an_explicit_softmax_of_the_conditional_r
 
 
 @pytest.mark.parametrize("arch", ["z_image", "qwen_image"])
-def test_tsam_on_a_qwen_encoder_is_refused_before_sampling(harness: Any, arch: str,
-                                                            request: pytest.FixtureRequest) -> None:
-    """T-SAM reads a CLIP or T5 text self-attention; the Qwen encoders have neither, so it is refused with a
-    message naming T-SAM and the fix before the first model call."""
-    from devkit.dit_runs import config, guided
+def test_qwen_text_self_attention_is_the_attention_the_encoder_used(harness: Any, arch: str,
+                                                                    request: pytest.FixtureRequest) -> None:
+    """T-SAM's T' on a Qwen encoder: each layer's recomputed probabilities P give back the attention module's own
+    output (``o_proj(P·V)``), so they are the ones the encoder used; P is causal with rows summing to 1; T' is
+    their layer and head mean in context coordinates (Qwen-Image: the last 14 of the templated prompt's tokens,
+    after the dropped system turn; Z-Image: all 17)."""
+    from comfy.text_encoders.llama import Attention
 
+    text_attention = harness.module("attention_patch.text_attention")
     case = request.getfixturevalue(arch)
+    clip, prompt = case["clip"], "a pink sunflower and a yellow flamingo"
+    key = case["bindings"].table.encoders[0]
+    modules = [m for m in getattr(clip.cond_stage_model, key).modules() if isinstance(m, Attention)]
     calls: list[int] = []
-    handle = case["model"].model.diffusion_model.register_forward_pre_hook(lambda *_: calls.append(1))
-    try:
-        with pytest.raises(RuntimeError, match=r"T-SAM reads .*(qwen3_4b|qwen25_7b).*Choose another method"):
-            guided(harness, case, config(harness, "tsam"), steps=2)
-    finally:
-        handle.remove()
-    assert calls == []
+
+    def checked(module: Any, args: tuple, kwargs: dict, output: torch.Tensor) -> torch.Tensor:
+        probs = text_attention._llm_probabilities(module, args, kwargs, output)
+        x = kwargs["hidden_states"].float()
+        v = module.v_proj(x).view(1, x.shape[1], module.num_kv_heads, module.head_dim).transpose(1, 2)
+        v = v.repeat_interleave(module.num_heads // module.num_kv_heads, dim=1)[0]
+        mixed = (probs @ v).transpose(0, 1).reshape(1, x.shape[1], -1)
+        assert torch.allclose(module.o_proj(mixed), output.float(), atol=1e-5)
+        assert torch.equal(probs.triu(1), torch.zeros_like(probs))
+        assert torch.allclose(probs.sum(-1), torch.ones(probs.shape[:-1]), atol=1e-5)
+        calls.append(1)
+        return probs
+
+    full = text_attention._layer_head_mean(clip, prompt, modules, checked)
+    context = case["bindings"].layout.context_length
+    matrix = text_attention.text_self_attention(clip, prompt, (key,), context)
+    assert len(calls) == 3 and matrix.shape == (context, context)
+    assert context == {"z_image": 17, "qwen_image": 14}[arch]
+    assert torch.allclose(matrix, full[-context:, -context:], atol=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -1,8 +1,8 @@
 """Guided sampling on the tiny Flux.1, SD3, Chroma, Z-Image and Qwen-Image models (joint-attention DiTs, CONST).
 
 What is asserted: every method lowers its loss at every guided step in faithful mode, at CFG 1 (Flux-dev's setting:
-no unconditional pass) and with the family's usual CFG; T-SAM (on the T5 self-attention) also with its refinement
-and in fast mode; fast mode's update lowers the loss at the next step and its capture leaves the prediction
+no unconditional pass) and with the family's usual CFG; T-SAM (on the T5 or Qwen self-attention) also with its
+refinement and in fast mode; fast mode's update lowers the loss at the next step and its capture leaves the prediction
 unchanged; both images of a batch of two are guided, and a plain run after a guided one is bit-identical to one
 computed before it; the latent step on a CONST model is α·∇ₓL.
 """
@@ -16,9 +16,8 @@ import torch
 from devkit.dit_runs import config, guided, stock, tiny_case
 
 FAMILY_CFG = {"flux": 3.5, "sd3": 4.5, "chroma": 4.0, "z_image": 4.0, "qwen_image": 4.0}
-TSAM_FAMILIES = ("chroma", "flux", "sd3")
-"""The families whose positions address T5, whose self-attention T-SAM reads (the Qwen encoders of Z-Image and
-Qwen-Image are refused: test_dit_families.py)."""
+TSAM_FAMILIES = ("chroma", "flux", "qwen_image", "sd3", "z_image")
+"""The families whose T-SAM guidance runs here (every one: T5 or Qwen text self-attention)."""
 METHODS = {"syngen": "", "syngen_entropy": "", "attend_and_excite": "refine = false",
            "divide_and_bind": "refine = false", "tsam": "refine = false"}
 METHOD_CASES = [(family, method, with_cfg) for family in sorted(FAMILY_CFG)
