@@ -16,30 +16,17 @@ import torch
 from devkit.dit_runs import config, guided, stock, tiny_case
 
 FAMILY_CFG = {"flux": 3.5, "sd3": 4.5, "chroma": 4.0, "z_image": 4.0, "qwen_image": 4.0}
-TSAM_FAMILIES = ("chroma", "flux", "qwen_image", "sd3", "z_image")
-"""The families whose T-SAM guidance runs here (every one: T5 or Qwen text self-attention)."""
 METHODS = {"syngen": "", "syngen_entropy": "", "attend_and_excite": "refine = false",
            "divide_and_bind": "refine = false", "tsam": "refine = false"}
-METHOD_CASES = [(family, method, with_cfg) for family in sorted(FAMILY_CFG)
-                for method, with_cfg in [(m, False) for m in METHODS] + [("syngen", True), ("tsam", True)]
-                if method != "tsam" or family in TSAM_FAMILIES]
-
-
-_LAST_CASE: dict[str, dict] = {}
 
 
 @pytest.fixture(scope="module", params=sorted(FAMILY_CFG))
 def dit(request: pytest.FixtureRequest, harness: Any) -> dict:
-    """One family's tiny model, CLIP, encoded prompt and bindings (built once per family: the tests that
-    parametrize ``dit`` indirectly set the fixture up per test, so the last family's case is kept)."""
-    arch = request.param
-    if arch not in _LAST_CASE:
-        _LAST_CASE.clear()
-        _LAST_CASE[arch] = {**tiny_case(harness, arch), "arch": arch, "cfg": FAMILY_CFG[arch]}
-    return _LAST_CASE[arch]
+    """One family's tiny model, CLIP, encoded prompt and bindings (built once per family)."""
+    return {**tiny_case(harness, request.param), "arch": request.param, "cfg": FAMILY_CFG[request.param]}
 
 
-@pytest.mark.parametrize(("dit", "method", "with_cfg"), METHOD_CASES, indirect=["dit"])
+@pytest.mark.parametrize(("method", "with_cfg"), [(m, False) for m in METHODS] + [("syngen", True), ("tsam", True)])
 def test_each_method_lowers_its_loss_at_every_guided_step(harness: Any, dit: dict, method: str,
                                                           with_cfg: bool) -> None:
     cfg = dit["cfg"] if with_cfg else 1.0
@@ -68,7 +55,6 @@ def test_fast_mode_update_lowers_the_loss_at_the_next_step(harness: Any, dit: di
 
 
 @pytest.mark.parametrize("with_cfg", [False, True])
-@pytest.mark.parametrize("dit", TSAM_FAMILIES, indirect=True)
 def test_tsam_refines_and_guides_in_fast_mode(harness: Any, dit: dict, with_cfg: bool) -> None:
     """T-SAM's refinement (at the refinement points 0, 1 and 2 of 5 steps, capped at 2 updates here) lowers its
     loss before each of those steps' update; in fast mode, steps without refinement move the latent one step late,
