@@ -1,16 +1,18 @@
-"""Flux.1 and SD3 through the model-loading paths that the UNet tests cover: dynamic VRAM, unload and reload between
-runs, and weights patched for one run.
+"""Flux.1 and SD3 through ComfyUI's model-loading paths: dynamic VRAM, partial (lowvram) loading, unload and reload
+between runs, and weights patched for one run.
 
-- Dynamic VRAM (upstream ComfyUI; ``devkit.dynamic_vram`` adds its API to 0.3.75's ModelPatcher): the Binding-Guided
+- Dynamic VRAM (upstream ComfyUI; ``devkit.vram_paths`` adds its API to 0.3.75's ModelPatcher): the Binding-Guided
   KSampler guides a classic clone and gives the classic model's image; inside SamplerCustom the sampler refuses the
   model before touching a weight (as tests/test_model_loading.py asserts for the UNet).
 - ComfyUI unloading the model and loading it again (its weights come back as inference tensors) gives the same image;
   a LoRA-style patch on the attention weights of a clone is guided and gone for the next run (as
   tests/test_model_lifecycle.py asserts for the UNet).
 
-Partial (lowvram) loading is not reachable on CPU: ComfyUI loads every model whose device is the CPU in full
-(``VRAMState.DISABLED``). tests/test_cuda.py checks it for the UNet on a GPU. On CPU, the per-layer weight cast that
-a partially loaded model runs in the guidance pass is exercised by fp8 weights (tests/test_dit_loaders.py).
+- Partial loading: ComfyUI loads a model on the CPU in full, so ``devkit.vram_paths.partially_unloaded`` has
+  ComfyUI's own ``partially_unload`` take half or all of it off after loading (as ``free_memory`` does when another
+  model needs room): the guidance pass then runs through the lowvram forward (weights cast layer by layer, weight
+  patches computed on the fly) and gives the fully loaded model's image; the next run loads the model in full again
+  (tests/test_cuda.py checks ``--lowvram``/``--novram`` themselves for the UNet on a GPU).
 """
 
 from __future__ import annotations
@@ -21,9 +23,9 @@ import pytest
 import torch
 from conftest import TEST_CACHE
 from devkit.dit_runs import config, encoded_case, guided
-from devkit.dynamic_vram import as_dynamic, dynamic_patcher_class
 from devkit.tiny_dit_files import load_tiny_clip
 from devkit.tiny_dit_models import tiny_flux_model, tiny_sd3_model
+from devkit.vram_paths import as_dynamic, dynamic_patcher_class, partially_unloaded
 
 FAMILY_CFG = {"flux": 1.0, "sd3": 4.5}
 LATENT = {"samples": torch.zeros(1, 16, 32, 32)}
@@ -87,15 +89,39 @@ def test_attention_weights_patched_for_one_run_are_guided_and_removed_after(harn
     model = dit["model"]
     reference = _ksampler(harness, dit, model)
     weights_before = {name: p.detach().clone() for name, p in model.model.diffusion_model.named_parameters()}
-    patched = model.clone()
-    state = patched.model_state_dict()
-    keys = [key for key in state if key.endswith("qkv.weight")]
-    assert keys
-    generator = torch.Generator().manual_seed(0)
-    with torch.inference_mode():
-        patches = {key: (torch.randn(state[key].shape, generator=generator) * 0.5,) for key in keys}
-    assert set(patched.add_patches(patches, 1.0)) == set(keys)
+    patched = _with_qkv_patches(model)
     assert (_ksampler(harness, dit, patched) - reference).abs().max() > 1e-3
     assert torch.equal(_ksampler(harness, dit, model), reference)
     for name, param in model.model.diffusion_model.named_parameters():
         assert torch.equal(param, weights_before[name]), name
+
+
+def _with_qkv_patches(model: Any) -> Any:
+    """A clone with a LoRA-style patch on every qkv projection (the attention guidance differentiates through)."""
+    patched = model.clone()
+    state = patched.model_state_dict()
+    keys = [key for key in state if key.endswith("qkv.weight")]
+    generator = torch.Generator().manual_seed(0)
+    with torch.inference_mode():
+        patches = {key: (torch.randn(state[key].shape, generator=generator) * 0.5,) for key in keys}
+    assert keys and set(patched.add_patches(patches, 1.0)) == set(keys)
+    return patched
+
+
+@pytest.mark.parametrize("fraction", [0.5, 1.0])
+@pytest.mark.parametrize("with_patches", [False, True])
+def test_a_partially_loaded_dit_is_guided_like_a_fully_loaded_one(harness: Any, dit: dict, fraction: float,
+                                                                  with_patches: bool) -> None:
+    """Half the weights off (``--lowvram``-like) or all (``--novram``-like), with or without weight patches."""
+    model = _with_qkv_patches(dit["model"]) if with_patches else dit["model"]
+    plain_before = _ksampler(harness, dit, dit["model"], "KSampler")
+    full = _ksampler(harness, dit, model)
+    seen: list[dict] = []
+    partial = _ksampler(harness, dit, partially_unloaded(model, fraction, seen))
+    assert seen and all(s["loaded"] < s["total"] and s["cast_layers"] > 0 for s in seen), seen
+    if fraction == 1.0:  # every layer cast; ComfyUI unloads the largest (the patched qkv) last
+        assert all(s["cast_layers"] == s["castable_layers"] for s in seen), seen
+        assert all((s["lowvram_patches"] > 0) == with_patches for s in seen), seen
+    assert torch.equal(partial, full), (partial - full).abs().max()
+    assert torch.equal(_ksampler(harness, dit, model), full)  # loaded in full again: the same image
+    assert torch.equal(_ksampler(harness, dit, dit["model"], "KSampler"), plain_before)

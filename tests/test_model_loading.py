@@ -1,6 +1,6 @@
 """Guidance on models that upstream ComfyUI loads with dynamic VRAM, and with its multi-GPU option.
 
-ComfyUI 0.3.75 (the version these tests run on) has neither; ``devkit.dynamic_vram`` adds upstream's two
+ComfyUI 0.3.75 (the version these tests run on) has neither; ``devkit.vram_paths`` adds upstream's two
 dynamic-VRAM methods to the real 0.3.75 ``ModelPatcher`` (see there). tests/test_dit_model_loading.py runs the same
 paths on Flux.1 and SD3.
 """
@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 import torch
-from devkit.dynamic_vram import as_dynamic, dynamic_patcher_class
 from devkit.guided_runs import assert_same_prediction, fresh_model, prompt_case, sample_guided, syngen_config
+from devkit.vram_paths import as_dynamic, dynamic_patcher_class
 
 
 @pytest.fixture(scope="module")
