@@ -186,14 +186,23 @@ def dit_arch(prompt: dict) -> str | None:
     return "flux" if "UNETLoader" in kinds else None
 
 
-def use_tiny_dit(prompt: dict, size: int = 128, steps: int = 4) -> dict:
-    """A copy of a Flux/SD3 API prompt whose loaders are the tiny stand-ins, at ``size`` px and ``steps`` steps."""
+MODEL_LOADER_INPUTS = {"UNETLoader": "unet_name", "CheckpointLoaderSimple": "ckpt_name"}
+"""ComfyUI's model loader nodes that can read a tiny DiT file (``tiny_dit_files``), and their file-name input."""
+
+
+def use_tiny_dit(prompt: dict, size: int = 128, steps: int = 4, model_file: str | None = None) -> dict:
+    """A copy of a Flux/SD3 API prompt whose loaders are the tiny stand-ins, at ``size`` px and ``steps`` steps.
+
+    With ``model_file`` (a file in ComfyUI's model folders, from ``tiny_dit_files.cached_dit_file``) the workflow's
+    UNETLoader or CheckpointLoaderSimple stays ComfyUI's own node and reads that file."""
     import json
 
     stand_ins = STAND_INS[dit_arch(prompt) or "flux"]
     patched = json.loads(json.dumps(prompt))
     for node in patched.values():
-        if node["class_type"] in stand_ins:
+        if model_file is not None and node["class_type"] in MODEL_LOADER_INPUTS:
+            node["inputs"][MODEL_LOADER_INPUTS[node["class_type"]]] = model_file
+        elif node["class_type"] in stand_ins:
             node["class_type"] = stand_ins[node["class_type"]]
             node["inputs"] = {}
         elif node["class_type"] == "EmptySD3LatentImage":
