@@ -13,7 +13,7 @@ before it; fp8 weights (cast layer by layer to fp32 by ComfyUI's manual cast) gi
 SD3.5 example workflow runs in ComfyUI's executor with its checkpoint loader reading the tiny file.
 
 Cost on the 2-core VM: writing the files once about 25 s (the Flux file 531 MB, SD3's T5 266 MB); each run of this
-module about 60 s, 50 of them the full-width Flux (fp8's per-layer casts make its forward 2-3× slower on CPU).
+module 45–60 s, about 40 of them the full-width Flux (fp8's per-layer casts make its forward 2-3× slower on CPU).
 """
 
 from __future__ import annotations
