@@ -26,8 +26,9 @@ class PromptBindings:
     table: Any = None
     """``tokens.TokenTable`` of the prompt for the connected CLIP."""
     text_self_attention: Any = None
-    """``[77, 77]`` CLIP self-attention of the prompt's first chunk (layer- and head-averaged), for T-SAM; when
-    ``None``, :meth:`text_self_attention_for` computes it from ``clip`` the first time a T-SAM objective asks."""
+    """T-SAM's text self-attention T' of the prompt (layer- and head-averaged) in context coordinates: CLIP's
+    ``[77, 77]`` first chunk, or T5's matrix where the positions are T5 positions (Flux.1, SD3). When ``None``,
+    :meth:`text_self_attention_for` computes it from ``clip`` the first time a T-SAM objective asks."""
     clip: Any = None
     """The CLIP that encoded the prompt (T-SAM's text self-attention is computed from it only when needed)."""
     fingerprint: Any = None
@@ -48,12 +49,12 @@ class PromptBindings:
             return self.text_self_attention
         if self.clip is None or "tsam" not in str(getattr(objective, "name", "")).split("+"):
             return None
-        if self.table is not None and "t5xxl" in getattr(self.table, "encoders", ()):
-            return None  # Flux.1 / SD3: the positions are T5 positions, which CLIP's matrix does not address
         if "text_self_attention" not in self._lazy:
-            from ..attention_patch.text_attention import clip_text_self_attention
+            from ..attention_patch.text_attention import text_self_attention
 
-            self._lazy["text_self_attention"] = clip_text_self_attention(self.clip, self.prompt)
+            encoders = getattr(self.table, "encoders", ())
+            self._lazy["text_self_attention"] = text_self_attention(self.clip, self.prompt, encoders,
+                                                                    self.layout.context_length)
         return self._lazy["text_self_attention"]
 
 

@@ -41,7 +41,7 @@ def test_flux_parse_bindings_addresses_t5_positions(flux: dict) -> None:
     assert table.encoders == ("t5xxl",) and [t.piece for t in table.tokens[7:12]] == ["▁yellow", "▁", "flam", "ing",
                                                                                       "o"]
     assert table.tokens[12].kind == "end" and {t.kind for t in table.tokens[13:]} == {"pad"}
-    assert flux["bindings"].text_self_attention is None  # T-SAM's CLIP matrix would address CLIP positions
+    assert flux["bindings"].text_self_attention is None  # T-SAM's T5 matrix is computed only when T-SAM samples
 
 
 def test_flux_t5_positions_of_a_prompt_longer_than_the_padding(harness: Any, flux: dict) -> None:
@@ -107,8 +107,7 @@ def test_flux_joint_normalization_keeps_the_share_of_attention_on_text(harness: 
 
 
 def test_flux_chosen_blocks_and_stop_after_the_last_one(harness: Any, flux: dict) -> None:
-    """'dit_blocks = single 1' records that block only; a missing block is named before sampling; T-SAM is refused
-    for T5 positions."""
+    """'dit_blocks = single 1' records that block only; a missing block is named before sampling."""
     seen: list[int] = []
     final = flux["model"].model.diffusion_model.final_layer
     handle = final.register_forward_hook(lambda *_: seen.append(1))
@@ -121,8 +120,6 @@ def test_flux_chosen_blocks_and_stop_after_the_last_one(harness: Any, flux: dict
     errors = harness.module("attention_patch").UnsupportedModelError
     with pytest.raises(errors, match=r"no block double 5 .*double 0-1 and single 0-1"):
         guided(harness, flux, config(harness, advanced="dit_blocks = double 5"), steps=2)
-    with pytest.raises(harness.module("guidance.errors").BindingGuidanceError, match="T-SAM"):
-        guided(harness, flux, config(harness, "tsam"), steps=2)
     with pytest.raises(ValueError, match=r"dit_blocks: 'triple 3' is not 'double N'.*\(default ''\)"):
         config(harness, advanced="dit_blocks = triple 3")
     options = harness.module("nodes.config_node").BindingGuidanceOptions().configure(

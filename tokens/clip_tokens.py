@@ -224,6 +224,31 @@ def token_table(
     embeddings_active = emb_dir is not None  # unknown (no tokenizer): assume a real CLIP with an embeddings folder
 
     warnings: list[str] = []
+    raw, chunk_lengths = _token_rows(chunks, inv_vocab, start_id, end_id)
+    text_rows = [r for r in raw if r["kind"] == "text"]
+    pieces = [r["piece"] for r in text_rows]
+    spans, exact = piece_spans(
+        text, bpe_target_stream(pieces), len(pieces), embeddings=embeddings_active, disable_weights=disable_weights
+    )
+    if not exact:
+        warnings.append(
+            "prompt text and CLIP pieces differ (unicode normalisation or unexpected syntax); "
+            "spans of the differing characters are approximate"
+        )
+    for row, span in zip(text_rows, spans, strict=True):
+        row["start"], row["end"] = span if span is not None else (None, None)
+        if span is None:
+            warnings.append(f"token '{row['piece']}' at position {row['position']} maps to no prompt characters")
+
+    warnings.extend(_name_embeddings(raw, text, embeddings_active, disable_weights))
+    tokens = tuple(ClipToken(**row) for row in raw)
+    return TokenTable(text, tokens, chunk_lengths, encoders, tuple(warnings))
+
+
+def _token_rows(
+    chunks: Sequence[Sequence[Any]], inv_vocab: Mapping[int, str], start_id: int, end_id: int
+) -> tuple[list[dict[str, Any]], tuple[int, ...]]:
+    """One row per tokenizer entry (kind, id, piece, position, word id, weight), and each chunk's length."""
     raw: list[dict[str, Any]] = []
     offset = 0
     chunk_lengths = []
@@ -252,25 +277,7 @@ def token_table(
             raw.append(row)
         chunk_lengths.append(len(chunk))
         offset += len(chunk)
-
-    text_rows = [r for r in raw if r["kind"] == "text"]
-    pieces = [r["piece"] for r in text_rows]
-    spans, exact = piece_spans(
-        text, bpe_target_stream(pieces), len(pieces), embeddings=embeddings_active, disable_weights=disable_weights
-    )
-    if not exact:
-        warnings.append(
-            "prompt text and CLIP pieces differ (unicode normalisation or unexpected syntax); "
-            "spans of the differing characters are approximate"
-        )
-    for row, span in zip(text_rows, spans, strict=True):
-        row["start"], row["end"] = span if span is not None else (None, None)
-        if span is None:
-            warnings.append(f"token '{row['piece']}' at position {row['position']} maps to no prompt characters")
-
-    warnings.extend(_name_embeddings(raw, text, embeddings_active, disable_weights))
-    tokens = tuple(ClipToken(**row) for row in raw)
-    return TokenTable(text, tokens, tuple(chunk_lengths), encoders, tuple(warnings))
+    return raw, tuple(chunk_lengths)
 
 
 def _name_embeddings(raw: list[dict[str, Any]], text: str, active: bool, disable_weights: bool) -> list[str]:
