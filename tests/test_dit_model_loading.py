@@ -31,14 +31,19 @@ FAMILY_CFG = {"flux": 1.0, "sd3": 4.5}
 LATENT = {"samples": torch.zeros(1, 16, 32, 32)}
 
 
+def _as_loaded(arch: str) -> Any:
+    """The family's tiny model with its weights made as a loader node makes them (inference tensors)."""
+    with torch.inference_mode():
+        return tiny_flux_model() if arch == "flux" else tiny_sd3_model()
+
+
 @pytest.fixture(scope="module", params=sorted(FAMILY_CFG))
 def dit(request: pytest.FixtureRequest, harness: Any) -> dict:
-    """One family's tiny model with its weights made as a loader node makes them (inference tensors)."""
+    """One family's tiny model (see _as_loaded), text encoders, encoded prompt, bindings and SynGen config."""
     arch = request.param
-    with torch.inference_mode():
-        model = tiny_flux_model() if arch == "flux" else tiny_sd3_model()
-    case = encoded_case(harness, model, load_tiny_clip(arch, TEST_CACHE))
-    return {**case, "cfg": FAMILY_CFG[arch], "dynamic_class": dynamic_patcher_class(), "config": config(harness)}
+    case = encoded_case(harness, _as_loaded(arch), load_tiny_clip(arch, TEST_CACHE))
+    return {**case, "arch": arch, "cfg": FAMILY_CFG[arch], "dynamic_class": dynamic_patcher_class(),
+            "config": config(harness)}
 
 
 def _ksampler(harness: Any, dit: dict, model: Any, guided_by: str = "BindingGuidedKSampler") -> torch.Tensor:
@@ -52,7 +57,7 @@ def _ksampler(harness: Any, dit: dict, model: Any, guided_by: str = "BindingGuid
 
 def test_the_sampler_refuses_a_dynamic_dit_before_touching_it(harness: Any, dit: dict) -> None:
     errors = harness.module("guidance.errors")
-    dynamic = as_dynamic(dit["model"], dit["dynamic_class"])
+    dynamic = as_dynamic(_as_loaded(dit["arch"]), dit["dynamic_class"])  # not yet guided: inference weights
     assert all(weight.is_inference() for weight in dynamic.model.diffusion_model.parameters())
     with pytest.raises(errors.BindingGuidanceError, match="--disable-dynamic-vram"):
         guided(harness, {**dit, "model": dynamic}, dit["config"], cfg=dit["cfg"])
