@@ -38,15 +38,15 @@ class _Harness:
 
 def tiny_pair(arch: str) -> tuple[Any, Any]:
     """The tiny model and CLIP of ``arch``, as the tests build them."""
-    from devkit import tiny_dit_models
+    from devkit.tiny_dit_files import load_tiny_clip
+    from devkit.tiny_dit_models import tiny_flux_model, tiny_sd3_model
     from devkit.tiny_family_models import FAMILY_MODELS
 
-    if arch == "flux":
-        return tiny_dit_models.tiny_flux_model(), tiny_dit_models.load_flux_clip(ROOT / ".cache" / "test-models")
-    if arch == "sd3":
-        return tiny_dit_models.tiny_sd3_model(), tiny_dit_models.tiny_sd3_clip()
-    make_model, make_clip = FAMILY_MODELS[arch]
-    return make_model(), make_clip()
+    if arch in FAMILY_MODELS:
+        make_model, make_clip = FAMILY_MODELS[arch]
+        return make_model(), make_clip()
+    model = tiny_flux_model() if arch == "flux" else tiny_sd3_model()
+    return model, load_tiny_clip(arch, ROOT / ".cache" / "test-models")
 
 
 def map_statistics(maps: torch.Tensor, prompt_positions: tuple[int, ...]) -> tuple[float, float]:

@@ -23,9 +23,10 @@ FAMILIES = ("flux", "sd3")
 def encoder(request: pytest.FixtureRequest, harness: Any) -> dict:
     """One family's tiny CLIP (with T5), Parse Bindings' output and the T5 head count it was built with."""
     from conftest import TEST_CACHE
-    from devkit.tiny_dit_models import SD3_TEXT_ENCODERS, TINY_TEXT_ENCODERS, load_flux_clip, tiny_sd3_clip
+    from devkit.tiny_dit_files import load_tiny_clip
+    from devkit.tiny_dit_models import SD3_TEXT_ENCODERS, TINY_TEXT_ENCODERS
 
-    clip = load_flux_clip(TEST_CACHE) if request.param == "flux" else tiny_sd3_clip()
+    clip = load_tiny_clip(request.param, TEST_CACHE)
     configs = TINY_TEXT_ENCODERS if request.param == "flux" else SD3_TEXT_ENCODERS
     bindings, _ = harness.module("nodes.parse_node").parse_prompt_bindings(clip, PROMPT)
     return {"arch": request.param, "clip": clip, "bindings": bindings,

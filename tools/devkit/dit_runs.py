@@ -28,15 +28,15 @@ def tiny_case(harness: Any, arch: str) -> dict:
     encoded and parsed (see encoded_case)."""
     from conftest import TEST_CACHE
 
-    from devkit.tiny_dit_models import load_flux_clip, tiny_flux_model, tiny_sd3_clip, tiny_sd3_model
+    from devkit.tiny_dit_files import load_tiny_clip
+    from devkit.tiny_dit_models import tiny_flux_model, tiny_sd3_model
     from devkit.tiny_family_models import FAMILY_MODELS
 
     if arch in FAMILY_MODELS:
         make_model, make_clip = FAMILY_MODELS[arch]
         return encoded_case(harness, make_model(), make_clip())
-    if arch == "flux":
-        return encoded_case(harness, tiny_flux_model(), load_flux_clip(TEST_CACHE))
-    return encoded_case(harness, tiny_sd3_model(), tiny_sd3_clip())
+    model = tiny_flux_model() if arch == "flux" else tiny_sd3_model()
+    return encoded_case(harness, model, load_tiny_clip(arch, TEST_CACHE))
 
 
 def config(harness: Any, method: str = "syngen", mode: str = "faithful", advanced: str = "",
