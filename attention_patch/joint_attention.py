@@ -8,8 +8,8 @@ the attention kernel (or an override that was already installed) returns, so it 
 
 An ``APPLY_MODEL`` wrapper reads the latent's size and the context length of each forward: the text occupies
 ``context_length`` positions of the joint sequence and the image grid follows it (Flux, Chroma: text first in both
-double- and single-stream blocks; SD3: after its register tokens; Z-Image: text and image each padded to a
-multiple of 32 tokens). The same wrapper makes the blocks' in-place residual adds out of place while a
+double- and single-stream blocks; Qwen-Image: text first; SD3: after its register tokens; Z-Image: text and image
+each padded to a multiple of 32 tokens). The same wrapper makes the blocks' in-place residual adds out of place while a
 graph is built, so the guidance pass can run a backward through them.
 
 Maps are ``[B, K, h, w]`` at the token grid (``patch_size`` latent pixels per token) and are average-pooled to the
@@ -221,7 +221,7 @@ class JointAttentionRecorder:
         return record_joint_attention
 
     def _block_key(self, args: tuple, kwargs: dict, options: dict) -> tuple[Any, Any]:
-        """The model's own ``(block_type, block_index)`` (Flux, Chroma); else ``("joint", n)`` for the n-th
+        """The model's own ``(block_type, block_index)`` (Flux, Chroma, Qwen-Image); else ``("joint", n)`` for the n-th
         attention call of this forward over text and image keys together (SD3's MMDiT and Z-Image's NextDiT set no
         block labels; SD3.5's image-only self-attention and NextDiT's text-only and image-only refiner calls have
         fewer keys and are not counted)."""
