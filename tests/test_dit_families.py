@@ -174,6 +174,8 @@ def test_qwen_image_positions_start_after_the_dropped_system_turn(harness: Any, 
     assert bindings.layout.context_length == context.shape[1] == 3 + 4 + 5
     assert [t.piece for t in bindings.table.tokens[:3]] == ["<|im_start|>", "user", "ĊĊ"]
     assert bindings.layout.bindings[0].noun == (5, 6) and bindings.layout.bindings[0].modifiers == ((4,),)
+    with pytest.raises(ValueError, match=r"prompt: .*write the prompt without a chat template"):
+        harness.module("nodes.parse_node").parse_prompt_bindings(qwen_image["clip"], "<|im_start|>user\na red car")
 
 
 def _qwen_image_block_maps(block: Any, args: tuple, kwargs: dict) -> torch.Tensor:

@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ..parsers.errors import PromptError
 from .char_align import bpe_target_stream, piece_spans
 from .clip_tokens import ClipToken, TokenTable, _find_sd_tokenizer
 
@@ -62,8 +63,9 @@ def _prompt_tokens(pieces: Sequence[str], prefix: str, suffix: str) -> tuple[lis
     0.. among them) that hold it."""
     decoded, owners = bpe_target_stream(pieces)
     if not (decoded.startswith(prefix) and decoded.endswith(suffix)):
-        raise ValueError("The Qwen tokens do not start and end with the chat template's prefix and suffix; the "
-                         "text encoder's template differs from the one its tokenizer reports.")
+        raise PromptError("prompt: the text encoder did not wrap it in its chat template (Qwen-Image's tokenizer "
+                          "takes a prompt that starts with '<|im_start|>' as a template of its own), so its words "
+                          "cannot be found between the template's parts; write the prompt without a chat template.")
     region = range(len(prefix), len(decoded) - len(suffix))
     outside = {k for j, held in enumerate(owners) if j not in region for k in held}
     holders = sorted({k for j in region for k in owners[j]} - outside)
