@@ -13,8 +13,8 @@ def parse_block_list(text: str) -> tuple[tuple[str, int], ...]:
         first, _, last = span.strip().partition("-")
         if kind not in ("double", "single", "joint") or not first.isdigit() or (last and not last.isdigit()):
             raise ValueError(
-                f"dit_blocks: '{item}' is not 'double N', 'single N' (Flux.1), 'joint N' (SD3) or a range like "
-                "'double 0-3'."
+                f"dit_blocks: '{item}' is not 'double N', 'single N' (Flux.1, Chroma; Qwen-Image: 'double N'), "
+                "'joint N' (SD3, Z-Image) or a range like 'double 0-3'."
             )
         blocks += [(kind, index) for index in range(int(first), int(last or first) + 1)]
     return tuple(blocks)

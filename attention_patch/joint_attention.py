@@ -6,9 +6,10 @@ recorder installs an ``optimized_attention_override`` (ComfyUI calls it for ever
 text keys from the conditional rows, in fp32, beside the block's own attention. The block's output is whatever
 the attention kernel (or an override that was already installed) returns, so it is unchanged.
 
-An ``APPLY_MODEL`` wrapper reads the latent's size and the context length of each forward: the text occupies the
-first ``context_length`` positions of the joint sequence and the image grid follows it (Flux: text first in both
-double- and single-stream blocks). The same wrapper makes the blocks' in-place residual adds out of place while a
+An ``APPLY_MODEL`` wrapper reads the latent's size and the context length of each forward: the text occupies
+``context_length`` positions of the joint sequence and the image grid follows it (Flux, Chroma: text first in both
+double- and single-stream blocks; Qwen-Image: text first; SD3: after its register tokens; Z-Image: text and image
+each padded to a multiple of 32 tokens). The same wrapper makes the blocks' in-place residual adds out of place while a
 graph is built, so the guidance pass can run a backward through them.
 
 Maps are ``[B, K, h, w]`` at the token grid (``patch_size`` latent pixels per token) and are average-pooled to the
@@ -159,6 +160,7 @@ class JointAttentionRecorder:
         stop_early: bool = True,
         on_complete: Callable[[], None] | None = None,
         text_offset: int = 0,
+        pad_multiple: int = 1,
         block_patches: dict[tuple[str, int], Callable] | None = None,
     ) -> None:
         if not blocks:
@@ -176,6 +178,7 @@ class JointAttentionRecorder:
         self._seen: set[tuple[str, int]] = set()
         self._geometry: _Geometry | None = None
         self.text_offset = text_offset
+        self.pad_multiple = pad_multiple
         self.block_patches = dict(block_patches or {})
         self._joint_calls = 0
 
@@ -241,19 +244,32 @@ class JointAttentionRecorder:
         return record_joint_attention
 
     def _block_key(self, args: tuple, kwargs: dict, options: dict) -> tuple[Any, Any]:
-        """The model's own ``(block_type, block_index)`` (Flux); else ``("joint", n)`` for the n-th attention call
-        of this forward over text and image keys together (SD3's MMDiT sets no block labels; its image-only
-        self-attention calls are not counted)."""
+        """The model's own ``(block_type, block_index)`` (Flux, Chroma, Qwen-Image); else ``("joint", n)`` for the n-th
+        attention call of this forward over text and image keys together (SD3's MMDiT and Z-Image's NextDiT set no
+        block labels; SD3.5's image-only self-attention and NextDiT's text-only and image-only refiner calls have
+        fewer keys and are not counted)."""
         if "block_type" in options:
             return (options.get("block_type"), options.get("block_index"))
         geometry = self._geometry
         if geometry is None:
             return (None, None)
         keys = args[1].shape[2] if kwargs.get("skip_reshape", False) else args[1].shape[1]
-        if keys < self.text_offset + geometry.context_length + geometry.grid[0] * geometry.grid[1]:
+        if keys < self._segments(geometry)[2]:
             return (None, None)
         self._joint_calls += 1
         return ("joint", self._joint_calls - 1)
+
+    def _segments(self, geometry: _Geometry) -> tuple[slice, slice, int]:
+        """The text and image slices of the joint sequence and its length: registers (SD3), the text, then the
+        image grid, each padded to a multiple of ``pad_multiple`` with the model's pad tokens (Z-Image: 32)."""
+        def padded(length: int) -> int:
+            return -(-length // self.pad_multiple) * self.pad_multiple
+
+        text_start = self.text_offset
+        image_start = text_start + padded(geometry.context_length)
+        cells = geometry.grid[0] * geometry.grid[1]
+        text = slice(text_start, text_start + geometry.context_length)
+        return text, slice(image_start, image_start + cells), image_start + padded(cells)
 
     def _record(self, key: tuple[str, int], args: tuple, kwargs: dict, options: dict) -> bool:
         """Record one block's map; True once every chosen block has been recorded."""
@@ -262,16 +278,14 @@ class JointAttentionRecorder:
             raise RuntimeError("Joint-attention capture: the geometry wrapper did not run before the first block.")
         q, k, heads, mask = _attention_inputs(args, kwargs)
         text_length, (height, width) = geometry.context_length, geometry.grid
-        start = self.text_offset  # registers before the text (SD3 with register tokens)
-        if k.shape[2] < start + text_length + height * width:
+        text, image, joint_length = self._segments(geometry)
+        if k.shape[2] < joint_length:
             raise RuntimeError(
                 f"Joint-attention capture: block {key} attends over {k.shape[2]} keys, fewer than the text "
                 f"({text_length}) and image ({height}×{width}) tokens; this model does not lay out its sequence "
                 "as text then image."
             )
         rows = conditional_rows(options, q.shape[0])
-        image_end = start + text_length + height * width
-        text, image = slice(start, start + text_length), slice(start + text_length, image_end)
         row_mask = None if mask is None else (mask[rows] if mask.shape[0] == q.shape[0] else mask)
 
         if mask is None:  # only the image queries and the keys the softmax reads are kept for backward

@@ -78,9 +78,9 @@ def unet_cross_attention_layers(
         name = type(diffusion_model).__name__
         described = f"{family} (diffusion model {name})" if family and family != name else name
         raise UnsupportedModelError(
-            f"Binding guidance works on UNet models (SD1.x, SD2.x, SDXL) only; the connected model is {described}, "
-            "a transformer (DiT/MMDiT) without UNet cross-attention blocks. SD3, Flux and other DiT/MMDiT models "
-            "are not supported: use a plain KSampler for this model."
+            f"UNet cross-attention capture works on UNet models (SD1.x, SD2.x, SDXL) only; the connected model is "
+            f"{described}, a transformer (DiT/MMDiT) without UNet cross-attention blocks. The joint-attention DiTs "
+            "(Flux.1, Chroma, SD3, Z-Image, Qwen-Image) are read by attention_patch.capture_for_model."
         )
     layers: list[CrossAttentionLayer] = []
     factor = 1

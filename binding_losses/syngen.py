@@ -47,6 +47,37 @@ def _word_max(table: torch.Tensor, index: dict[int, int], word: Word, others: Se
     return rows.index_select(-1, cols).amax(dim=0)
 
 
+class _WordDistances:
+    """Symmetric-KL distances (and entropies, when needed) of the prompt's tokens, addressed by word."""
+
+    def __init__(self, selected: torch.Tensor, order: Sequence[int], use_entropy: bool, gamma_sign: float) -> None:
+        self.index = {pos: i for i, pos in enumerate(order)}
+        self.dist = pairwise_symmetric_kl(selected)  # [B, P, P]
+        self.ent = entropy(selected) if use_entropy else None  # [B, P]
+        self.gamma_sign = gamma_sign
+
+    def closest(self, word: Word, others: Sequence[int]) -> torch.Tensor:
+        """``max over pieces`` of the distance to each of ``others``: ``[B, len(others)]``."""
+        return _word_max(self.dist, self.index, word, others)
+
+    def mean_distance(self, word: Word, unrelated: list[int]) -> torch.Tensor:
+        """``mean_u d(word, u)`` over U, ``[B]``."""
+        return self.closest(word, unrelated).mean(dim=-1)
+
+    def word_entropy(self, word: Word) -> torch.Tensor:
+        """A word's entropy: the max over its pieces, ``[B]``."""
+        assert self.ent is not None
+        return torch.stack([self.ent[:, self.index[k]] for k in word], dim=0).amax(dim=0)
+
+    def gamma_term(self, gamma_entropy: float, unrelated: list[int]) -> torch.Tensor | float:
+        """``sign * gamma * mean_u H(u)``: the γ part inside the negative term's parentheses."""
+        if gamma_entropy == 0.0:
+            return 0.0
+        assert self.ent is not None
+        cols = torch.tensor([self.index[u] for u in unrelated], dtype=torch.long, device=self.ent.device)
+        return self.gamma_sign * gamma_entropy * self.ent.index_select(-1, cols).mean(dim=-1)
+
+
 def syngen_breakdown(
     maps: torch.Tensor,
     bindings: Sequence[TokenBinding],
@@ -78,53 +109,46 @@ def syngen_breakdown(
         used |= binding.positions
     check_positions(used, maps.shape[1])
     order = sorted(used)
-    index = {pos: i for i, pos in enumerate(order)}
-    selected = maps[:, order]  # [B, P, H, W]
-    dist = pairwise_symmetric_kl(selected)  # [B, P, P]
-    use_entropy = lambda_entropy != 0.0 or gamma_entropy != 0.0
-    ent = entropy(selected) if use_entropy else None  # [B, P]
-    gamma_sign = 1.0 if entropy_neg_mode == "as_written" else -1.0
-
-    def word_entropy(word: Word) -> torch.Tensor:
-        assert ent is not None
-        return torch.stack([ent[:, index[k]] for k in word], dim=0).amax(dim=0)
-
-    def mean_distance(word: Word, unrelated: list[int]) -> torch.Tensor:
-        """``mean_u d(word, u)`` over U, ``[B]``."""
-        return _word_max(dist, index, word, unrelated).mean(dim=-1)
-
-    def gamma_term(unrelated: list[int]) -> torch.Tensor | float:
-        """``sign * gamma * mean_u H(u)``: the γ part inside the negative term's parentheses."""
-        if gamma_entropy == 0.0:
-            return 0.0
-        assert ent is not None
-        cols = torch.tensor([index[u] for u in unrelated], dtype=torch.long, device=maps.device)
-        return gamma_sign * gamma_entropy * ent.index_select(-1, cols).mean(dim=-1)
-
+    words = _WordDistances(maps[:, order], order, lambda_entropy != 0.0 or gamma_entropy != 0.0,
+                           1.0 if entropy_neg_mode == "as_written" else -1.0)
     prompt_set = list(dict.fromkeys(prompt_positions))
     pairs: list[PairTerm] = []
     for binding in bindings:
-        members = binding.positions
-        unrelated = [u for u in prompt_set if u not in members]
-        noun = binding.noun
-        if not binding.modifiers:
-            negative = -(mean_distance(noun, unrelated) - gamma_term(unrelated)) if unrelated else zero
-            pairs.append(PairTerm(noun, None, zero, negative))
-            continue
-        noun_neg = mean_distance(noun, unrelated) if unrelated else None
-        for modifier in binding.modifiers:
-            positive = _word_max(dist, index, modifier, list(noun)).amax(dim=-1)
-            if use_entropy and lambda_entropy != 0.0:
-                positive = positive + lambda_entropy * (word_entropy(modifier) + word_entropy(noun))
-            if noun_neg is None:
-                negative = zero
-            else:
-                negative = -0.5 * (mean_distance(modifier, unrelated) + noun_neg - gamma_term(unrelated))
-            pairs.append(PairTerm(noun, modifier, positive, negative))
+        unrelated = [u for u in prompt_set if u not in binding.positions]
+        pairs.extend(_binding_terms(words, binding, unrelated, zero, lambda_entropy, gamma_entropy))
 
     positive_total = torch.stack([p.positive for p in pairs]).sum(dim=0)
     negative_total = torch.stack([p.negative for p in pairs]).sum(dim=0)
     return SynGenBreakdown(positive_total + negative_total, positive_total, negative_total, tuple(pairs))
+
+
+def _binding_terms(
+    words: _WordDistances,
+    binding: TokenBinding,
+    unrelated: list[int],
+    zero: torch.Tensor,
+    lambda_entropy: float,
+    gamma_entropy: float,
+) -> list[PairTerm]:
+    """One binding's terms: one per modifier, or a negative-only term for a noun without modifiers."""
+    noun = binding.noun
+    if not binding.modifiers:
+        negative = -(words.mean_distance(noun, unrelated) - words.gamma_term(gamma_entropy, unrelated)) \
+            if unrelated else zero
+        return [PairTerm(noun, None, zero, negative)]
+    noun_neg = words.mean_distance(noun, unrelated) if unrelated else None
+    terms = []
+    for modifier in binding.modifiers:
+        positive = words.closest(modifier, list(noun)).amax(dim=-1)
+        if lambda_entropy != 0.0:
+            positive = positive + lambda_entropy * (words.word_entropy(modifier) + words.word_entropy(noun))
+        if noun_neg is None:
+            negative = zero
+        else:
+            gamma = words.gamma_term(gamma_entropy, unrelated)
+            negative = -0.5 * (words.mean_distance(modifier, unrelated) + noun_neg - gamma)
+        terms.append(PairTerm(noun, modifier, positive, negative))
+    return terms
 
 
 def syngen_loss(maps: torch.Tensor, bindings: Sequence[TokenBinding], prompt_positions: Sequence[int]) -> torch.Tensor:

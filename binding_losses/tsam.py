@@ -23,23 +23,26 @@ from .base import (
 )
 from .schedules import tsam_threshold
 from .smoothing import DEFAULT_KERNEL_SIZE, DEFAULT_SIGMA, gaussian_smooth
-from .token_maps import CHUNK_SIZE
 from .types import AttentionLevel, TokenLayout
 
 TSAM_LOSS_TYPES = ("code", "paper")
 
 
 def text_attention_matrix(
-    raw: torch.Tensor, eot_index: int | None = None, power: float = 3.0, eps: float = 1e-7
+    raw: torch.Tensor, tokens: Sequence[int] | None = None, power: float = 3.0, eps: float = 1e-7
 ) -> torch.Tensor:
     """T from the raw text self-attention T' (already averaged over layers and heads).
 
-    ``raw`` is ``[..., L, L]`` including SOT (row/column 0) and EOT at ``eot_index`` (default ``L - 1``,
-    i.e. ``raw`` is ``[n+2, n+2]``). Slices to the n prompt tokens ``[1:E, 1:E]``, raises to ``power``
-    (k = 3) and renormalises rows: ``T_ij = T''_ij^k / (sum_j T''_ij^k + eps)``. Returns ``[..., n, n]``.
+    ``raw`` is ``[..., L, L]``; ``tokens`` are the rows (= columns) of the n prompt tokens, in order (default
+    ``1 .. L-2``: CLIP's ``[n+2, n+2]`` with SOT first and EOT last). Takes ``T''`` = those rows and columns and
+    keeps its lower triangle (each token against itself and the tokens before it: a no-op on CLIP's causal
+    matrix; a bidirectional encoder such as T5 also attends forwards, which T-SAM never compares), raises it to
+    ``power`` (k = 3) and renormalises rows: ``T_ij = T''_ij^k / (sum_j T''_ij^k + eps)``. Returns ``[..., n, n]``.
     """
-    eot = raw.shape[-1] - 1 if eot_index is None else eot_index
-    inner = raw[..., 1:eot, 1:eot]
+    rows = list(range(1, raw.shape[-1] - 1) if tokens is None else tokens)
+    check_positions(set(rows), raw.shape[-1])
+    index = torch.tensor(rows, dtype=torch.long, device=raw.device)
+    inner = raw.index_select(-2, index).index_select(-1, index).tril()
     powered = inner.pow(power)
     return powered / (powered.sum(dim=-1, keepdim=True) + eps)
 
@@ -145,9 +148,10 @@ class TSAMObjective(DecayingSchedule):
     ``"fixed"`` stops as soon as the newest latent's loss is <= τ(n). τ(n) = 0.14 (n - 1) for every n (the
     reference raises ``KeyError`` outside n in {5, 6, 7}).
 
-    ``text_self_attention`` passed to :meth:`loss` is the raw T' averaged over layers and heads,
-    ``[L, L]`` or ``[B, L, L]``, including SOT at 0 and EOT at n + 1 (``L >= n + 2``, e.g. the full 77x77);
-    an ``[n, n]`` matrix is taken as an already prepared T. Only first-chunk prompt tokens are used.
+    ``text_self_attention`` passed to :meth:`loss` is the raw T' averaged over layers and heads, ``[L, L]`` or
+    ``[B, L, L]``, in context coordinates: row and column k belong to context column k, the column of the maps
+    (CLIP: the first chunk's 77 tokens, SOT at 0; T5: its tokens at their context columns). The prompt tokens are
+    the layout's prompt positions inside the matrix (``< L``), so SOT, EOT, ``</s>`` and padding never enter.
     """
 
     name: ClassVar[str] = "tsam"
@@ -177,21 +181,17 @@ class TSAMObjective(DecayingSchedule):
              text_self_attention: torch.Tensor | None = None) -> LossResult:
         """T-SAM loss; ``terms["num_tokens"]`` carries n for the refinement threshold."""
         maps = fp32_maps(select_main_level(attn))
-        positions = [p for p in layout.prompt_positions if p < CHUNK_SIZE]
+        size = None if text_self_attention is None else text_self_attention.shape[-1]
+        positions = [p for p in layout.prompt_positions if size is None or p < size]
         n = len(positions)
         n_term = torch.tensor(float(n))
         if n < 2:
             zero = zero_total(maps)
             return LossResult(total=zero, metric=zero.detach(), terms={"num_tokens": n_term})
         if text_self_attention is None:
-            raise ValueError("the T-SAM objective needs text_self_attention (the CLIP text self-attention T')")
+            raise ValueError("the T-SAM objective needs text_self_attention (the text encoder's self-attention T')")
         raw = text_self_attention.to(device=maps.device, dtype=torch.float32)
-        if raw.shape[-1] == n:
-            text = raw
-        elif raw.shape[-1] >= n + 2:
-            text = text_attention_matrix(raw, eot_index=n + 1, power=self.power)
-        else:
-            raise ValueError(f"text_self_attention is {tuple(raw.shape)}; need [.., L, L] with L >= {n + 2} or = {n}")
+        text = text_attention_matrix(raw, positions, power=self.power)
         similarity = cross_attention_similarity(maps, positions, smooth=self.smooth)
         if self.loss_type == "code":
             rows = tsam_code_row_terms(text, similarity, self.row_weight)

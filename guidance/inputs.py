@@ -26,8 +26,9 @@ class PromptBindings:
     table: Any = None
     """``tokens.TokenTable`` of the prompt for the connected CLIP."""
     text_self_attention: Any = None
-    """``[77, 77]`` CLIP self-attention of the prompt's first chunk (layer- and head-averaged), for T-SAM; when
-    ``None``, :meth:`text_self_attention_for` computes it from ``clip`` the first time a T-SAM objective asks."""
+    """T-SAM's text self-attention T' of the prompt (layer- and head-averaged) in context coordinates: CLIP's
+    ``[77, 77]`` first chunk, or T5's matrix where the positions are T5 positions (Flux.1, SD3). When ``None``,
+    :meth:`text_self_attention_for` computes it from ``clip`` the first time a T-SAM objective asks."""
     clip: Any = None
     """The CLIP that encoded the prompt (T-SAM's text self-attention is computed from it only when needed)."""
     fingerprint: Any = None
@@ -48,12 +49,12 @@ class PromptBindings:
             return self.text_self_attention
         if self.clip is None or "tsam" not in str(getattr(objective, "name", "")).split("+"):
             return None
-        if self.table is not None and "t5xxl" in getattr(self.table, "encoders", ()):
-            return None  # Flux.1 / SD3: the positions are T5 positions, which CLIP's matrix does not address
         if "text_self_attention" not in self._lazy:
-            from ..attention_patch.text_attention import clip_text_self_attention
+            from ..attention_patch.text_attention import text_self_attention
 
-            self._lazy["text_self_attention"] = clip_text_self_attention(self.clip, self.prompt)
+            encoders = getattr(self.table, "encoders", ())
+            self._lazy["text_self_attention"] = text_self_attention(self.clip, self.prompt, encoders,
+                                                                    self.layout.context_length)
         return self._lazy["text_self_attention"]
 
 
@@ -101,21 +102,21 @@ class GuidanceOptions:
     )
     joint_normalization: str = setting(
         "text",
-        "Flux.1 and SD3 only: how a joint-attention map is normalised. `text`: the image query's softmax over the "
-        "text keys only (each map sums to 1 over the text, as on a UNet); `joint`: the text columns of the "
-        "softmax over text and image keys",
+        "Joint-attention DiTs only (Flux.1, Chroma, SD3, Z-Image, Qwen-Image): how a joint-attention map is "
+        "normalised. `text`: the image query's softmax over the text keys only (each map sums to 1 over the "
+        "text, as on a UNet); `joint`: the text columns of the softmax over text and image keys",
         choices=JOINT_NORMALIZATIONS,
     )
     dit_blocks: str = setting(
         "",
-        "Flux.1 and SD3 only: the blocks whose attention is recorded, e.g. `double 5-18, single 0-9` (Flux.1) or "
-        "`joint 0-23` (SD3); empty: all double-stream blocks (Flux.1), all joint blocks (SD3). The guidance pass "
-        "stops after the last one",
+        "Joint-attention DiTs only: the blocks whose attention is recorded, e.g. `double 5-18, single 0-9` (Flux.1, "
+        "Chroma), `joint 0-23` (SD3, Z-Image) or `double 0-29` (Qwen-Image); empty: all double-stream blocks "
+        "(Flux.1, Chroma), every block (the others). The guidance pass stops after the last one",
         check=parse_block_list,
     )
     dit_checkpointing: bool = setting(
         True,
-        "Flux.1 and SD3 only: during the guidance backward, recompute each block's activations (and the weights "
+        "Flux.1, Chroma and SD3 only: during the guidance backward, recompute each block's activations (and the weights "
         "ComfyUI casts from fp8 or bf16) one block at a time instead of keeping them all from the forward. Same "
         "gradient and image, much less memory, one more forward of those blocks per guided step; turn it off only "
         "when memory is plentiful and speed matters",
@@ -127,7 +128,7 @@ class GuidanceOptions:
 
 SAMPLER_SETTINGS = tuple(item.name for item in fields(GuidanceOptions))
 JOINT_ATTENTION_SETTINGS = ("joint_normalization", "dit_blocks", "dit_checkpointing")
-"""Sampler settings for Flux.1 and SD3 only; optional inputs of the Options node (saved graphs lack them)."""
+"""Sampler settings for the joint-attention DiTs only; optional inputs of the Options node (saved graphs lack them)."""
 """The sampler-level settings (``GuidanceOptions``); older workflows set them in ``advanced``."""
 
 

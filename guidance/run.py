@@ -107,8 +107,8 @@ class GuidanceRun:
         self.text_attention = bindings.text_self_attention_for(self.objective)  # T-SAM only
         if self.active and self.text_attention is None and "tsam" in str(self.objective.name).split("+"):
             raise BindingGuidanceError(
-                "config: T-SAM reads the CLIP text self-attention of the prompt, and these bindings have none (Flux.1 "
-                "and SD3 prompts' positions are T5 positions). Choose SynGen, Divide & Bind or Attend-and-Excite."
+                "config: T-SAM reads the text encoder's self-attention of the prompt, and these bindings carry no "
+                "CLIP to compute it from. Make the bindings with Parse Bindings, or choose another method."
             )
         base_model = guider.inner_model
         # The model family picks the capture (UNet cross-attention or DiT joint attention); unsupported

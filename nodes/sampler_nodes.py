@@ -76,8 +76,8 @@ class BindingGuidedKSampler:
     """KSampler with binding guidance: same inputs and output, plus BINDINGS and BINDING_CONFIG."""
 
     DESCRIPTION = (
-        "A KSampler that keeps each modifier on its own noun. During the first guided steps it records the UNet's "
-        "cross-attention maps and nudges the latent so every modifier's map overlaps its noun's map (SynGen and "
+        "A KSampler that keeps each modifier on its own noun. During the first guided steps it records the model's "
+        "attention of image to text (cross-attention on UNets, joint attention on DiTs) and nudges the latent so every modifier's map overlaps its noun's map (SynGen and "
         "related methods). With a prompt that has no bindings it samples exactly like KSampler."
     )
     CATEGORY = CATEGORY
@@ -94,7 +94,7 @@ class BindingGuidedKSampler:
     def INPUT_TYPES(cls) -> dict:  # noqa: N802  (ComfyUI API name)
         return {
             "required": {
-                "model": ("MODEL", {"tooltip": "The model used for denoising the input latent (an SD1.x, SD2.x or SDXL UNet)."}),
+                "model": ("MODEL", {"tooltip": "The model used for denoising the input latent: SD1.x, SD2.x, SDXL, Flux.1, Chroma, SD3.x, Z-Image or Qwen-Image. Other families are refused before sampling, naming the family."}),
                 "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
                                  "tooltip": "The random seed used for creating the noise."}),
                 "steps": ("INT", {"default": 20, "min": 1, "max": 10000, "tooltip": "The number of denoising steps."}),

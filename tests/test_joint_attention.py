@@ -17,6 +17,7 @@ from devkit.dit_runs import (
     assert_recorded_equals_explicit,
     config,
     explicit_softmax,
+    flux_double_block_maps,
     guided,
     record_beside_explicit,
     tiny_case,
@@ -41,7 +42,7 @@ def test_flux_parse_bindings_addresses_t5_positions(flux: dict) -> None:
     assert table.encoders == ("t5xxl",) and [t.piece for t in table.tokens[7:12]] == ["▁yellow", "▁", "flam", "ing",
                                                                                       "o"]
     assert table.tokens[12].kind == "end" and {t.kind for t in table.tokens[13:]} == {"pad"}
-    assert flux["bindings"].text_self_attention is None  # T-SAM's CLIP matrix would address CLIP positions
+    assert flux["bindings"].text_self_attention is None  # T-SAM's T5 matrix is computed only when T-SAM samples
 
 
 def test_flux_t5_positions_of_a_prompt_longer_than_the_padding(harness: Any, flux: dict) -> None:
@@ -60,30 +61,13 @@ def test_flux_t5_positions_of_a_prompt_longer_than_the_padding(harness: Any, flu
     assert table[last.modifiers[0][0]].piece == "▁yellow"
 
 
-def _double_block_maps(block: Any, args: tuple, kwargs: dict) -> torch.Tensor:
-    """One double-stream block's image→text softmax, recomputed from its own weights and inputs."""
-    from comfy.ldm.flux.math import apply_rope
-
-    vec, img, txt = kwargs["vec"], kwargs["img"], kwargs["txt"]
-
-    def q_k(mod: Any, norm: Any, attn: Any, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        modulation, _ = mod(vec)
-        hidden = (1 + modulation.scale) * norm(tokens) + modulation.shift
-        qkv = attn.qkv(hidden).view(tokens.shape[0], tokens.shape[1], 3, block.num_heads, -1).permute(2, 0, 3, 1, 4)
-        return attn.norm(qkv[0], qkv[1], qkv[2])
-
-    txt_q, txt_k = q_k(block.txt_mod, block.txt_norm1, block.txt_attn, txt)
-    img_q, img_k = q_k(block.img_mod, block.img_norm1, block.img_attn, img)
-    q, k = apply_rope(torch.cat((txt_q, img_q), dim=2), torch.cat((txt_k, img_k), dim=2), kwargs["pe"])
-    return explicit_softmax(q, k, txt.shape[1], (13, 19))
-
-
 def test_flux_recorded_maps_equal_an_explicit_softmax_of_the_conditional_rows(harness: Any, flux: dict) -> None:
     """Batch [uncond, cond]: the recorder keeps the conditional row; its maps are the head- and block-mean of
     softmax(q kᵀ/√d) over the text keys of both double-stream blocks (RoPE applied), pooled 2×2 (ceil) to 1/32 of
     the image side; the block outputs are those of a plain forward."""
     blocks = flux["model"].model.diffusion_model.double_blocks
-    result = record_beside_explicit(harness, flux, blocks, _double_block_maps, {"guidance": torch.tensor([3.5, 3.5])})
+    result = record_beside_explicit(harness, flux, blocks, flux_double_block_maps,
+                                    {"guidance": torch.tensor([3.5, 3.5])})
     assert [b.label for b in result["plan"].blocks] == ["double 0", "double 1"] and result["levels"][2].count == 4
     assert_recorded_equals_explicit(result, 256)
 
@@ -107,8 +91,7 @@ def test_flux_joint_normalization_keeps_the_share_of_attention_on_text(harness: 
 
 
 def test_flux_chosen_blocks_and_stop_after_the_last_one(harness: Any, flux: dict) -> None:
-    """'dit_blocks = single 1' records that block only; a missing block is named before sampling; T-SAM is refused
-    for T5 positions."""
+    """'dit_blocks = single 1' records that block only; a missing block is named before sampling."""
     seen: list[int] = []
     final = flux["model"].model.diffusion_model.final_layer
     handle = final.register_forward_hook(lambda *_: seen.append(1))
@@ -121,8 +104,6 @@ def test_flux_chosen_blocks_and_stop_after_the_last_one(harness: Any, flux: dict
     errors = harness.module("attention_patch").UnsupportedModelError
     with pytest.raises(errors, match=r"no block double 5 .*double 0-1 and single 0-1"):
         guided(harness, flux, config(harness, advanced="dit_blocks = double 5"), steps=2)
-    with pytest.raises(harness.module("guidance.errors").BindingGuidanceError, match="T-SAM"):
-        guided(harness, flux, config(harness, "tsam"), steps=2)
     with pytest.raises(ValueError, match=r"dit_blocks: 'triple 3' is not 'double N'.*\(default ''\)"):
         config(harness, advanced="dit_blocks = triple 3")
     options = harness.module("nodes.config_node").BindingGuidanceOptions().configure(

@@ -25,7 +25,7 @@ PROMPT = tuple(range(1, 11))
 def _text() -> torch.Tensor:
     gen = torch.Generator().manual_seed(3)
     raw = torch.rand(12, 12, generator=gen, dtype=torch.float64).tril() + torch.eye(12, dtype=torch.float64)
-    return text_attention_matrix(raw / raw.sum(dim=-1, keepdim=True), eot_index=11)
+    return text_attention_matrix(raw / raw.sum(dim=-1, keepdim=True), tokens=range(1, 11))
 
 
 LOSSES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {

@@ -70,11 +70,11 @@ def close(actual: torch.Tensor, expected: object, tol: float = TOL) -> None:
 def test_text_matrix(dtype: torch.dtype) -> None:
     raw = torch.tensor(RAW_TEXT, dtype=dtype)
     close(text_attention_matrix(raw), EXPECTED_T)
-    close(text_attention_matrix(raw, eot_index=5, power=3), EXPECTED_T)
+    close(text_attention_matrix(raw, tokens=range(1, 5), power=3), EXPECTED_T)
     # a 77x77 capture with EOT at 5 gives the same T
     big = torch.zeros(77, 77, dtype=dtype)
     big[:6, :6] = raw
-    close(text_attention_matrix(big, eot_index=5), EXPECTED_T)
+    close(text_attention_matrix(big, tokens=POSITIONS), EXPECTED_T)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -118,10 +118,39 @@ def test_objective_takes_raw_text_attention() -> None:
     big = torch.zeros(77, 77)
     big[:6, :6] = raw
     close(TSAMObjective().loss(attn, layout, 0, 50, text_self_attention=big).total, [0.42618003])
-    prepared = text_attention_matrix(raw)
-    close(TSAMObjective().loss(attn, layout, 0, 50, text_self_attention=prepared).total, [0.42618003])
     with pytest.raises(ValueError, match="text_self_attention"):
         TSAMObjective().loss(attn, layout, 0, 50)
+
+
+def _shifted(maps: torch.Tensor, raw: torch.Tensor, start: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The spec's maps and T' moved to context columns ``start..`` of a ``size``-column context (zeros elsewhere)."""
+    wide = torch.zeros(1, size, *maps.shape[-2:], dtype=maps.dtype)
+    wide[:, start:start + maps.shape[1]] = maps
+    text = torch.zeros(size, size, dtype=raw.dtype)
+    text[start:start + raw.shape[0], start:start + raw.shape[1]] = raw
+    return wide, text
+
+
+@pytest.mark.parametrize("loss_type", ["code", "paper"])
+def test_objective_reads_text_attention_at_the_maps_positions(loss_type: str) -> None:
+    """T' is in context coordinates: a T5 segment after CLIP-L‖G's 77 columns (SD3) gives the spec's loss when both
+    the maps and T' sit there; T5's forward attention (upper triangle) is never compared; prompt positions past
+    the matrix (CLIP's second chunk) are left out, as T-SAM reads the first chunk only."""
+    expected = {"code": [0.42618003], "paper": [2.89146701]}[loss_type]
+    maps, raw = spec_attention(torch.float64), torch.tensor(RAW_TEXT, dtype=torch.float64)
+    objective = TSAMObjective(loss_type=loss_type)
+    wide, text = _shifted(maps, raw, 77, 120)
+    layout = TokenLayout(bindings=(), prompt_positions=tuple(77 + p for p in POSITIONS), context_length=120,
+                         clip_chunks=False)
+    close(objective.loss({4: AttentionLevel(wide, 1)}, layout, 0, 50, text_self_attention=text).total, expected)
+    bidirectional = text + torch.rand(120, 120, generator=torch.Generator().manual_seed(0)).triu(1)
+    close(objective.loss({4: AttentionLevel(wide, 1)}, layout, 0, 50, text_self_attention=bidirectional).total,
+          expected)
+    wide, text = _shifted(maps, raw, 0, 154)
+    two_chunks = TokenLayout(bindings=(), prompt_positions=(*POSITIONS, 78, 79, 80), context_length=154)
+    result = objective.loss({4: AttentionLevel(wide, 1)}, two_chunks, 0, 50, text_self_attention=text[:77, :77])
+    close(result.total, expected)
+    assert result.terms["num_tokens"].item() == 4
 
 
 def test_thresholds_are_the_references_float_products() -> None:

@@ -1,9 +1,8 @@
 """Guidance on models that upstream ComfyUI loads with dynamic VRAM, and with its multi-GPU option.
 
-ComfyUI 0.3.75 (the version these tests run on) has neither. Upstream's API for them is two methods on
-``ModelPatcher``: ``is_dynamic()``, and ``clone(disable_dynamic=True)``, which rebuilds the model with the classic
-memory manager. ``DynamicVramPatcher`` below adds exactly those two methods to the real 0.3.75 ``ModelPatcher``, so
-that the pack's handling of them runs through real sampling; everything else is ComfyUI's own code.
+ComfyUI 0.3.75 (the version these tests run on) has neither; ``devkit.vram_paths`` adds upstream's two
+dynamic-VRAM methods to the real 0.3.75 ``ModelPatcher`` (see there). tests/test_dit_model_loading.py runs the same
+paths on Flux.1 and SD3.
 """
 
 from __future__ import annotations
@@ -15,44 +14,16 @@ from typing import Any
 import pytest
 import torch
 from devkit.guided_runs import assert_same_prediction, fresh_model, prompt_case, sample_guided, syngen_config
-
-
-def _dynamic_patcher_class() -> type:
-    import comfy.model_patcher
-
-    plain = comfy.model_patcher.ModelPatcher
-
-    class DynamicVramPatcher(plain):
-        """A ModelPatcher that reports dynamic VRAM, with upstream's ``clone(disable_dynamic=...)``."""
-
-        classic_clones = 0
-        reload_error: Exception | None = None
-
-        def is_dynamic(self) -> bool:
-            return True
-
-        def clone(self, disable_dynamic: bool = False) -> Any:
-            copy = super().clone()
-            if not disable_dynamic:
-                return copy
-            if DynamicVramPatcher.reload_error is not None:
-                raise DynamicVramPatcher.reload_error
-            DynamicVramPatcher.classic_clones += 1
-            copy.__class__ = plain
-            return copy
-
-    return DynamicVramPatcher
+from devkit.vram_paths import as_dynamic, dynamic_patcher_class
 
 
 @pytest.fixture(scope="module")
 def setup(harness: Any, tiny_checkpoint: str) -> dict:
     model, clip = fresh_model(harness, tiny_checkpoint)
-    dynamic_class = _dynamic_patcher_class()
-    dynamic = model.clone()
-    dynamic.__class__ = dynamic_class
+    dynamic_class = dynamic_patcher_class()
     return {
         **prompt_case(harness, model, clip),
-        "dynamic": dynamic,
+        "dynamic": as_dynamic(model, dynamic_class),
         "dynamic_class": dynamic_class,
         "config": syngen_config(harness),
     }

@@ -44,9 +44,13 @@ def toy_maps(z: torch.Tensor, sharpness: float) -> torch.Tensor:
 
 
 def paper_text(mix: float) -> torch.Tensor:
-    """A prepared ``[n, n]`` T between the toy's own similarity at a far latent and the processed ``TEXT``."""
+    """A raw T' (SOT and EOT rows zero) whose processed T lies between the toy's own similarity at a far latent and
+    the processed ``TEXT``: the cube root (the objective's power is 3) of that mix, at the prompt's positions."""
     far = row_normalize(cross_attention_similarity(toy_maps(_far, 1.0), PROMPT))[0]
-    return mix * text_attention_matrix(TEXT, eot_index=7) + (1 - mix) * far
+    prepared = mix * text_attention_matrix(TEXT, PROMPT) + (1 - mix) * far
+    raw = torch.zeros(TOKENS, TOKENS, dtype=torch.float64)
+    raw[1:7, 1:7] = prepared.pow(1 / 3)
+    return raw
 
 
 class Toy:

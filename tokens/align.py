@@ -15,6 +15,11 @@ from typing import TYPE_CHECKING, Any
 
 from .clip_tokens import TokenTable
 from .prompt_text import CleanPrompt
+from .qwen_tokens import QWEN_KEYS
+from .t5_tokens import T5_KEY
+
+SEQUENCE_ENCODERS = frozenset({T5_KEY, *QWEN_KEYS})
+"""Encoders whose context is one token sequence (no 77-token chunks, no start token): T5, Qwen3."""
 
 if TYPE_CHECKING:  # binding_losses/__init__ imports torch; the dataclasses are imported where they are built
     from ..binding_losses.types import TokenLayout
@@ -119,7 +124,7 @@ def align_entities(
         bindings=tuple(bindings),
         prompt_positions=table.prompt_positions(include_embeddings=include_embeddings),
         context_length=table.context_length,
-        clip_chunks="t5xxl" not in table.encoders,
+        clip_chunks=not SEQUENCE_ENCODERS.intersection(table.encoders),
     )
     return AlignmentResult(layout, tuple(entities), tuple(warnings))
 

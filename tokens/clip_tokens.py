@@ -25,7 +25,8 @@ from ..parsers.errors import PromptError, check_text
 from .char_align import bpe_target_stream, piece_spans
 from .prompt_text import comfy_groups
 
-TokenKind = Literal["start", "end", "pad", "text", "embedding"]
+TokenKind = Literal["start", "end", "pad", "text", "embedding", "template"]
+"""``template``: a chat-template token around the prompt (Qwen encoders)."""
 
 DEFAULT_START_ID = 49406
 DEFAULT_END_ID = 49407
@@ -224,6 +225,31 @@ def token_table(
     embeddings_active = emb_dir is not None  # unknown (no tokenizer): assume a real CLIP with an embeddings folder
 
     warnings: list[str] = []
+    raw, chunk_lengths = _token_rows(chunks, inv_vocab, start_id, end_id)
+    text_rows = [r for r in raw if r["kind"] == "text"]
+    pieces = [r["piece"] for r in text_rows]
+    spans, exact = piece_spans(
+        text, bpe_target_stream(pieces), len(pieces), embeddings=embeddings_active, disable_weights=disable_weights
+    )
+    if not exact:
+        warnings.append(
+            "prompt text and CLIP pieces differ (unicode normalisation or unexpected syntax); "
+            "spans of the differing characters are approximate"
+        )
+    for row, span in zip(text_rows, spans, strict=True):
+        row["start"], row["end"] = span if span is not None else (None, None)
+        if span is None:
+            warnings.append(f"token '{row['piece']}' at position {row['position']} maps to no prompt characters")
+
+    warnings.extend(_name_embeddings(raw, text, embeddings_active, disable_weights))
+    tokens = tuple(ClipToken(**row) for row in raw)
+    return TokenTable(text, tokens, chunk_lengths, encoders, tuple(warnings))
+
+
+def _token_rows(
+    chunks: Sequence[Sequence[Any]], inv_vocab: Mapping[int, str], start_id: int, end_id: int
+) -> tuple[list[dict[str, Any]], tuple[int, ...]]:
+    """One row per tokenizer entry (kind, id, piece, position, word id, weight), and each chunk's length."""
     raw: list[dict[str, Any]] = []
     offset = 0
     chunk_lengths = []
@@ -252,25 +278,7 @@ def token_table(
             raw.append(row)
         chunk_lengths.append(len(chunk))
         offset += len(chunk)
-
-    text_rows = [r for r in raw if r["kind"] == "text"]
-    pieces = [r["piece"] for r in text_rows]
-    spans, exact = piece_spans(
-        text, bpe_target_stream(pieces), len(pieces), embeddings=embeddings_active, disable_weights=disable_weights
-    )
-    if not exact:
-        warnings.append(
-            "prompt text and CLIP pieces differ (unicode normalisation or unexpected syntax); "
-            "spans of the differing characters are approximate"
-        )
-    for row, span in zip(text_rows, spans, strict=True):
-        row["start"], row["end"] = span if span is not None else (None, None)
-        if span is None:
-            warnings.append(f"token '{row['piece']}' at position {row['position']} maps to no prompt characters")
-
-    warnings.extend(_name_embeddings(raw, text, embeddings_active, disable_weights))
-    tokens = tuple(ClipToken(**row) for row in raw)
-    return TokenTable(text, tokens, tuple(chunk_lengths), encoders, tuple(warnings))
+    return raw, tuple(chunk_lengths)
 
 
 def _name_embeddings(raw: list[dict[str, Any]], text: str, active: bool, disable_weights: bool) -> list[str]:
@@ -316,15 +324,18 @@ def tokenize_prompt(clip: Any, text: str, **tokenize_kwargs: Any) -> dict:
 def token_table_for_clip(clip: Any, text: str, **tokenize_kwargs: Any) -> TokenTable:
     """Tokenize ``text`` with a ComfyUI ``CLIP`` object exactly as CLIPTextEncode does, and build its table.
 
-    The table addresses the conditioning context: CLIP chunks, T5's tokens for a Flux.1 CLIP, or the T5 segment of
-    SD3's concatenated context.
+    The table addresses the conditioning context: CLIP chunks, T5's tokens for a Flux.1 or Chroma CLIP, the T5
+    segment of SD3's concatenated context, or Z-Image's templated Qwen3 tokens.
 
     Raises ``parsers.PromptError`` for text ComfyUI cannot tokenize (see :func:`tokenize_prompt`).
     """
     output = tokenize_prompt(clip, text, return_word_ids=True, **tokenize_kwargs)
     disable_weights = bool(tokenize_kwargs.get("disable_weights", False))
+    from .qwen_tokens import QWEN_KEYS, qwen_token_table
     from .t5_tokens import T5_KEY, sd3_token_table, t5_token_table
 
+    if any(key in output for key in QWEN_KEYS):  # Z-Image: the templated prompt, every token a context column
+        return qwen_token_table(output, text, clip)
     if T5_KEY in output and "g" in output:  # SD3: CLIP-L‖G chunks then T5 along the sequence
         return sd3_token_table(output, text, clip, disable_weights=disable_weights)
     if T5_KEY in output:  # Flux.1: the context is T5's output; CLIP-L gives only the pooled vector

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .char_align import piece_spans
-from .clip_tokens import ClipToken, TokenTable
+from .clip_tokens import ClipToken, TokenTable, _find_sd_tokenizer
 
 T5_KEY = "t5xxl"
 T5_END_ID = 1
@@ -42,7 +42,7 @@ def t5_token_table(
     ``tokenizer`` is the ComfyUI CLIP (or its tokenizer); its T5 tokenizer's vocabulary decodes the ids.
     """
     chunks = tokenizer_output[T5_KEY]
-    sd_tok = getattr(getattr(tokenizer, "tokenizer", tokenizer), T5_KEY, None)
+    sd_tok = _find_sd_tokenizer(tokenizer, T5_KEY)  # Flux: ``.t5xxl``; Chroma (pixart_t5): ``.clip_t5xxl``
     inv_vocab: Mapping[int, str] = getattr(sd_tok, "inv_vocab", None) or {}
     rows: list[dict[str, Any]] = []
     offset = 0

@@ -24,14 +24,19 @@ def encoded_case(harness: Any, model: Any, clip: Any) -> dict:
 
 
 def tiny_case(harness: Any, arch: str) -> dict:
-    """The tiny ``arch`` ("flux" or "sd3") model and CLIP with PROMPT encoded and parsed (see encoded_case)."""
+    """The tiny ``arch`` ("flux", "sd3", or a ``tiny_family_models.FAMILY_MODELS`` key) model and CLIP with PROMPT
+    encoded and parsed (see encoded_case)."""
     from conftest import TEST_CACHE
 
-    from devkit.tiny_dit_models import load_flux_clip, tiny_flux_model, tiny_sd3_clip, tiny_sd3_model
+    from devkit.tiny_dit_files import load_tiny_clip
+    from devkit.tiny_dit_models import tiny_flux_model, tiny_sd3_model
+    from devkit.tiny_family_models import FAMILY_MODELS
 
-    if arch == "flux":
-        return encoded_case(harness, tiny_flux_model(), load_flux_clip(TEST_CACHE))
-    return encoded_case(harness, tiny_sd3_model(), tiny_sd3_clip())
+    if arch in FAMILY_MODELS:
+        make_model, make_clip = FAMILY_MODELS[arch]
+        return encoded_case(harness, make_model(), make_clip())
+    model = tiny_flux_model() if arch == "flux" else tiny_sd3_model()
+    return encoded_case(harness, model, load_tiny_clip(arch, TEST_CACHE))
 
 
 def config(harness: Any, method: str = "syngen", mode: str = "faithful", advanced: str = "",
@@ -50,7 +55,7 @@ def guided(harness: Any, case: dict, guidance: Any, cfg: float = 1.0, latent: to
 
     sampler_module = harness.module("guidance.sampler")
     model = case["model"]
-    latent = torch.zeros(1, 16, 32, 32) if latent is None else latent
+    latent = comfy.sample.fix_empty_latent_channels(model, torch.zeros(1, 16, 32, 32) if latent is None else latent)
     with torch.inference_mode():
         sigmas = comfy.samplers.KSampler(model, steps, model.load_device, "euler", "simple", 1.0,
                                          model_options=model.model_options).sigmas
@@ -67,6 +72,7 @@ def stock(case: dict, cfg: float = 1.0, latent: torch.Tensor | None = None, step
     import comfy.sample
 
     latent = torch.zeros(1, 16, 32, 32) if latent is None else latent
+    latent = comfy.sample.fix_empty_latent_channels(case["model"], latent)  # as KSampler: Qwen-Image's is 5-D
     with torch.inference_mode():
         noise = comfy.sample.prepare_noise(latent, 7)
         return comfy.sample.sample(case["model"], noise, steps, cfg, "euler", "simple", case["positive"],
@@ -78,6 +84,8 @@ def record_beside_explicit(harness: Any, case: dict, blocks: Any, explicit: Any,
     (``capture_for_model`` with levels 2 and 4), and ``explicit(block, args, kwargs)`` run on each block's inputs
     (its conditional row); then the same forward without the recorder. Returns the recorded levels, the mean of
     the explicit maps, and the first block's outputs with and without the recorder."""
+    import comfy.sample
+
     capture = harness.module("attention_patch.capture")
     model = case["model"].model
     plan = capture.capture_for_model(case["model"], 4, lambda f: {f, 2})
@@ -88,9 +96,14 @@ def record_beside_explicit(harness: Any, case: dict, blocks: Any, explicit: Any,
     def before(module: Any, args: tuple, kwargs: dict) -> None:
         maps.append(explicit(module, args, kwargs)[1:])
 
-    context = torch.cat([case["negative"][0][0], case["positive"][0][0]])
-    pooled = torch.cat([case["negative"][0][1]["pooled_output"], case["positive"][0][1]["pooled_output"]])
+    negative, positive = case["negative"][0][0], case["positive"][0][0]
+    if negative.shape != positive.shape:  # an unpadded encoder (Chroma's T5, Qwen3): any other row of that length
+        negative = positive.flip(1)
+    context = torch.cat([negative, positive])
+    pooled = [entry[0][1].get("pooled_output") for entry in (case["negative"], case["positive"])]
+    extra = {**extra, "y": torch.cat(pooled)} if pooled[0] is not None else extra  # Chroma, Z-Image: no pooled
     latent = torch.randn(2, 16, 26, 38, generator=torch.Generator().manual_seed(3))
+    latent = comfy.sample.fix_empty_latent_channels(case["model"], latent)  # Qwen-Image: 5-D
     for kind, options in (("recorded", recorder.model_options_with_patches({})), ("plain", {})):
         transformer_options = {**options.get("transformer_options", {}), "cond_or_uncond": [1, 0]}
         hooks = [blocks[0].register_forward_hook(lambda m, a, k, out, kind=kind: outputs.setdefault(kind, out),
@@ -99,12 +112,12 @@ def record_beside_explicit(harness: Any, case: dict, blocks: Any, explicit: Any,
             hooks += [block.register_forward_pre_hook(before, with_kwargs=True) for block in blocks]
         try:
             with torch.no_grad():
-                model.apply_model(latent, torch.tensor([0.6, 0.6]), c_crossattn=context, y=pooled,
+                model.apply_model(latent, torch.tensor([0.6, 0.6]), c_crossattn=context,
                                   transformer_options=transformer_options, **extra)
         finally:
             for hook in hooks:
                 hook.remove()
-    heads = model.diffusion_model.num_heads
+    heads = plan.blocks[0].heads
     return {"plan": plan, "levels": recorder.levels(), "expected": sum(maps) / (len(maps) * heads),
             "outputs": outputs}
 
@@ -115,6 +128,25 @@ def explicit_softmax(q: torch.Tensor, k: torch.Tensor, text: int, grid: tuple[in
     logits = q[:, :, text:].double() @ k[:, :, :text].double().transpose(-1, -2) / q.shape[-1] ** 0.5
     probs = torch.softmax(logits, dim=-1)
     return probs.sum(dim=1).transpose(1, 2).reshape(q.shape[0], text, *grid)
+
+
+def flux_double_block_maps(block: Any, args: tuple, kwargs: dict) -> torch.Tensor:
+    """One Flux-style double-stream block's image→text softmax at a 13×19 token grid, recomputed from its own
+    weights and inputs. Flux's blocks compute their modulations from ``vec``; Chroma's receive them in ``vec``."""
+    from comfy.ldm.flux.math import apply_rope
+
+    vec, img, txt = kwargs["vec"], kwargs["img"], kwargs["txt"]
+    img_mod, txt_mod = (block.img_mod(vec), block.txt_mod(vec)) if block.modulation else vec
+
+    def q_k(modulation: Any, norm: Any, attn: Any, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden = (1 + modulation[0].scale) * norm(tokens) + modulation[0].shift
+        qkv = attn.qkv(hidden).view(tokens.shape[0], tokens.shape[1], 3, block.num_heads, -1).permute(2, 0, 3, 1, 4)
+        return attn.norm(qkv[0], qkv[1], qkv[2])
+
+    txt_q, txt_k = q_k(txt_mod, block.txt_norm1, block.txt_attn, txt)
+    img_q, img_k = q_k(img_mod, block.img_norm1, block.img_attn, img)
+    q, k = apply_rope(torch.cat((txt_q, img_q), dim=2), torch.cat((txt_k, img_k), dim=2), kwargs["pe"])
+    return explicit_softmax(q, k, txt.shape[1], (13, 19))
 
 
 def assert_recorded_equals_explicit(result: dict, text: int) -> None:

@@ -1,16 +1,17 @@
-"""Tiny random-weight joint-attention DiT models (Flux.1) built with ComfyUI's own classes, for CPU tests and the demo.
+"""Tiny random-weight joint-attention DiT models (Flux.1, SD3) built with ComfyUI's own classes, for CPU tests and
+the demo.
 
-- The diffusion model is ComfyUI's ``comfy.ldm.flux.model.Flux`` inside ``model_base.Flux``, made by
-  ``supported_models.Flux`` (the config class ComfyUI's detection picks for Flux.1-dev) and wrapped in a
-  ModelPatcher. It is not read from a file: ComfyUI's Flux detection fixes 24 heads × 128 (hidden 3072), so a
-  file-loaded Flux has over 500 M parameters even at one double and one single block (about 10 s per forward on
-  the 2-core development VM). The tiny model keeps the real block structure (double-stream blocks, then
-  single-stream blocks over the concatenated text+image sequence, RoPE, guidance embedding) at width 64.
-- The text encoder is ComfyUI's Flux text encoder (CLIP-L for the pooled vector, T5-XXL for the context) with the
-  real tokenizers (CLIP BPE and T5 sentencepiece), loaded by ``comfy.sd.load_clip`` (the function DualCLIPLoader
-  calls) from safetensors files, with ComfyUI's per-encoder config override (``t5xxl_model_config``,
-  ``clip_l_model_config``) making both encoders narrow. The context is T5 output, padded to 256 tokens as in
-  ComfyUI.
+- The diffusion models are ComfyUI's ``comfy.ldm.flux.model.Flux`` inside ``model_base.Flux`` and the MMDiT inside
+  ``model_base.SD3``, made by ``supported_models.Flux``/``SD3`` (the config classes ComfyUI's detection picks) and
+  wrapped in a ModelPatcher. They keep the real block structure (Flux: double-stream blocks, then single-stream
+  blocks over the concatenated text+image sequence, RoPE, guidance embedding; SD3: joint blocks) at width 64 (Flux)
+  and 128 (SD3). The tiny Flux is built in memory: ComfyUI's Flux detection fixes 24 heads × 128 (hidden 3072), so
+  a file-loaded Flux has 531 M parameters even at one double and one single block; ``tiny_dit_files`` writes that
+  one, and an SD3 checkpoint, for the tests of ComfyUI's own loaders.
+- The text encoders are ComfyUI's Flux (CLIP-L for the pooled vector, T5-XXL for the context) and SD3 (CLIP-L, CLIP-G,
+  T5-XXL) encoders with the real tokenizers, narrowed by ComfyUI's per-encoder config override
+  (``<model_name>_model_config``) and loaded from files by ``comfy.sd.load_clip`` (see ``tiny_dit_files``). Flux's
+  context is T5 output, padded to 256 tokens as in ComfyUI.
 
 Call :func:`comfy_env.bootstrap_comfy` first.
 """
@@ -45,20 +46,11 @@ TINY_TEXT_ENCODERS = {
 """ComfyUI's own per-encoder config overrides (``<model_name>_model_config`` in the text encoder's model_options)."""
 
 
-def _loader_options() -> dict:
-    """model_options for ``comfy.sd.load_clip``: its CLIP-L position-embedding probe rebuilds
-    ``clip_l_model_config`` from ``model_config``, so the CLIP-L override goes there too."""
-    return {**TINY_TEXT_ENCODERS, "model_config": dict(TINY_TEXT_ENCODERS["clip_l_model_config"])}
-
-FLUX_TEXT_FILES = ("flux_tiny_clip_l.safetensors", "flux_tiny_t5xxl.safetensors")
-
-
-def tiny_flux_model(seed: int = 0, dtype: torch.dtype = torch.float32) -> Any:
-    """A ModelPatcher around a tiny Flux.1-dev model (``model_family`` says ``Flux``), on the CPU."""
-    import comfy.model_patcher
+def _flux_diffusion_model(config: dict, seed: int, dtype: torch.dtype) -> Any:
+    """``model_base.Flux`` made by ``supported_models.Flux`` from ``config``, with seeded random weights."""
     import comfy.supported_models
 
-    model_config = comfy.supported_models.Flux(dict(FLUX_TINY))
+    model_config = comfy.supported_models.Flux(dict(config))
     model_config.set_inference_dtype(dtype, None)
     model = model_config.get_model({}, "")
     init_weights(model.diffusion_model, seed)
@@ -66,39 +58,19 @@ def tiny_flux_model(seed: int = 0, dtype: torch.dtype = torch.float32) -> Any:
         for name, param in model.diffusion_model.named_parameters():
             if name.endswith(".scale"):
                 param.fill_(1.0)
+    return model
+
+
+def _cpu_patcher(model: Any) -> Any:
+    import comfy.model_patcher
+
     cpu = torch.device("cpu")
     return comfy.model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu)
 
 
-def build_flux_text_encoders(folder: Path, seed: int = 1) -> tuple[Path, Path]:
-    """Write the tiny CLIP-L and T5 files (as a user's text_encoders folder holds them) and return their paths."""
-    import comfy.sd
-    import comfy.supported_models_base
-    import comfy.text_encoders.flux
-    import comfy.utils
-
-    target = comfy.supported_models_base.ClipTarget(comfy.text_encoders.flux.FluxTokenizer,
-                                                    comfy.text_encoders.flux.flux_clip())
-    clip = comfy.sd.CLIP(target, parameters=0, model_options=dict(TINY_TEXT_ENCODERS))
-    init_weights(clip.cond_stage_model, seed)
-    state = clip.cond_stage_model.state_dict()
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = tuple(folder / name for name in FLUX_TEXT_FILES)
-    for prefix, path in zip(("clip_l.transformer.", "t5xxl.transformer."), paths, strict=True):
-        part = {k[len(prefix):]: v.contiguous() for k, v in state.items() if k.startswith(prefix)}
-        comfy.utils.save_torch_file(part, str(path))
-    return paths  # type: ignore[return-value]
-
-
-def load_flux_clip(folder: Path) -> Any:
-    """The tiny Flux CLIP, loaded from ``folder`` (built there first if missing) by ``comfy.sd.load_clip``."""
-    import comfy.sd
-
-    paths = [folder / name for name in FLUX_TEXT_FILES]
-    if not all(path.exists() for path in paths):
-        build_flux_text_encoders(folder)
-    return comfy.sd.load_clip([str(p) for p in paths], clip_type=comfy.sd.CLIPType.FLUX,
-                              model_options=_loader_options())
+def tiny_flux_model(seed: int = 0, dtype: torch.dtype = torch.float32) -> Any:
+    """A ModelPatcher around a tiny Flux.1-dev model (``model_family`` says ``Flux``), on the CPU."""
+    return _cpu_patcher(_flux_diffusion_model(FLUX_TINY, seed, dtype))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -112,20 +84,26 @@ SD3_TINY = {
 """SD3's MMDiT at depth 2 (hidden 64·depth = 128, 2 heads × 64, as ComfyUI derives them): 2 joint blocks, the
 last one's text stream pre-only, 16 latent channels, patch 2, a 4096-wide context as SD3's text encoders make."""
 
+SD3_CLIP = {"hidden_size": TEXT_WIDTH, "intermediate_size": 128, "num_attention_heads": 2,
+            "projection_dim": TEXT_WIDTH}
+"""The width override that SD3's CLIP-L and CLIP-G share; each keeps its real depth (12 and 32 layers)."""
+
 SD3_TEXT_ENCODERS = {
-    "clip_l_model_config": TINY_TEXT_ENCODERS["clip_l_model_config"],
-    "clip_g_model_config": {**TINY_TEXT_ENCODERS["clip_l_model_config"], "num_hidden_layers": 3},
+    "clip_l_model_config": SD3_CLIP,
+    "clip_g_model_config": SD3_CLIP,
     "t5xxl_model_config": {"d_model": 4096, "d_ff": 64, "d_kv": 16, "num_heads": 2, "num_layers": 1,
                            "num_decoder_layers": 1},
 }
 """SD3 pads CLIP-L‖G to 4096 and concatenates T5 along the sequence, so the tiny T5 keeps T5-XXL's 4096 width
-(1 layer, 2 heads × 16; its embedding table makes it about 130 M parameters)."""
+(1 layer, 2 heads × 16; its embedding table makes it about 130 M parameters). CLIP-L and CLIP-G get one override
+because ComfyUI's loader gives them one (its position-embedding probe sets both from ``model_config``); it tells
+them apart by depth (31+ layers is CLIP-G), so each keeps its real depth."""
 
 
-def tiny_sd3_model(seed: int = 0, dtype: torch.dtype = torch.float32) -> Any:
-    """A ModelPatcher around a tiny SD3 MMDiT (``model_family`` says ``SD3``), on the CPU."""
-    import comfy.model_patcher
+def _sd3_diffusion_model(seed: int, dtype: torch.dtype) -> Any:
+    """``model_base.SD3`` made by ``supported_models.SD3`` from :data:`SD3_TINY`, with seeded random weights."""
     import comfy.supported_models
+    from comfy.ldm.modules.diffusionmodules.mmdit import get_2d_sincos_pos_embed
 
     model_config = comfy.supported_models.SD3(dict(SD3_TINY))
     model_config.set_inference_dtype(dtype, None)
@@ -137,28 +115,15 @@ def tiny_sd3_model(seed: int = 0, dtype: torch.dtype = torch.float32) -> Any:
                 param.fill_(1.0)
         # The position embedding is a buffer that checkpoints fill (init_weights fills parameters only): SD3's 2-D
         # sin-cos table, made by ComfyUI's own function.
-        from comfy.ldm.modules.diffusionmodules.mmdit import get_2d_sincos_pos_embed
-
         embed = model.diffusion_model.pos_embed
         table = get_2d_sincos_pos_embed(embed.shape[-1], SD3_TINY["pos_embed_max_size"])
         embed.copy_(torch.from_numpy(table).reshape(embed.shape).to(embed.dtype))
-    cpu = torch.device("cpu")
-    return comfy.model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu)
+    return model
 
 
-def tiny_sd3_clip(seed: int = 1) -> Any:
-    """ComfyUI's SD3 text encoder (CLIP-L, CLIP-G, T5) with the real tokenizers, narrowed by ComfyUI's per-encoder
-    config override. Built in memory: ComfyUI's loader tells CLIP-L from CLIP-G by layer count (31+ layers is G),
-    which a narrowed pair cannot satisfy without loading both into one encoder."""
-    import comfy.sd
-    import comfy.supported_models_base
-    import comfy.text_encoders.sd3_clip
-
-    target = comfy.supported_models_base.ClipTarget(comfy.text_encoders.sd3_clip.SD3Tokenizer,
-                                                    comfy.text_encoders.sd3_clip.sd3_clip(True, True, True))
-    clip = comfy.sd.CLIP(target, parameters=0, model_options=dict(SD3_TEXT_ENCODERS))
-    init_weights(clip.cond_stage_model, seed)
-    return clip
+def tiny_sd3_model(seed: int = 0, dtype: torch.dtype = torch.float32) -> Any:
+    """A ModelPatcher around a tiny SD3 MMDiT (``model_family`` says ``SD3``), on the CPU."""
+    return _cpu_patcher(_sd3_diffusion_model(seed, dtype))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -194,14 +159,16 @@ STAND_INS = {
 
 
 def tiny_dit_node_classes(folder: Path) -> dict[str, type]:
-    """The stand-in loader node classes by name (``folder`` caches the Flux text encoder files)."""
+    """The stand-in loader node classes by name (``folder`` caches the text encoder files)."""
+    from devkit.tiny_dit_files import load_tiny_clip
+
     makers = {
         "TinyFluxModelLoader": (("MODEL",), tiny_flux_model),
-        "TinyFluxCLIPLoader": (("CLIP",), lambda: load_flux_clip(folder)),
+        "TinyFluxCLIPLoader": (("CLIP",), lambda: load_tiny_clip("flux", folder)),
         "TinyFluxVAELoader": (("VAE",), tiny_flux_vae),
-        "TinySD3CheckpointLoader": (("MODEL", "CLIP", "VAE"), lambda: (tiny_sd3_model(), tiny_sd3_clip(),
+        "TinySD3CheckpointLoader": (("MODEL", "CLIP", "VAE"), lambda: (tiny_sd3_model(), load_tiny_clip("sd3", folder),
                                                                        tiny_flux_vae())),
-        "TinySD3CLIPLoader": (("CLIP",), tiny_sd3_clip),
+        "TinySD3CLIPLoader": (("CLIP",), lambda: load_tiny_clip("sd3", folder)),
     }
     return {name: _loader_node(name, kinds, make) for name, (kinds, make) in makers.items()}
 
@@ -219,14 +186,23 @@ def dit_arch(prompt: dict) -> str | None:
     return "flux" if "UNETLoader" in kinds else None
 
 
-def use_tiny_dit(prompt: dict, size: int = 128, steps: int = 4) -> dict:
-    """A copy of a Flux/SD3 API prompt whose loaders are the tiny stand-ins, at ``size`` px and ``steps`` steps."""
+MODEL_LOADER_INPUTS = {"UNETLoader": "unet_name", "CheckpointLoaderSimple": "ckpt_name"}
+"""ComfyUI's model loader nodes that can read a tiny DiT file (``tiny_dit_files``), and their file-name input."""
+
+
+def use_tiny_dit(prompt: dict, size: int = 128, steps: int = 4, model_file: str | None = None) -> dict:
+    """A copy of a Flux/SD3 API prompt whose loaders are the tiny stand-ins, at ``size`` px and ``steps`` steps.
+
+    With ``model_file`` (a file in ComfyUI's model folders, from ``tiny_dit_files.cached_dit_file``) the workflow's
+    UNETLoader or CheckpointLoaderSimple stays ComfyUI's own node and reads that file."""
     import json
 
     stand_ins = STAND_INS[dit_arch(prompt) or "flux"]
     patched = json.loads(json.dumps(prompt))
     for node in patched.values():
-        if node["class_type"] in stand_ins:
+        if model_file is not None and node["class_type"] in MODEL_LOADER_INPUTS:
+            node["inputs"][MODEL_LOADER_INPUTS[node["class_type"]]] = model_file
+        elif node["class_type"] in stand_ins:
             node["class_type"] = stand_ins[node["class_type"]]
             node["inputs"] = {}
         elif node["class_type"] == "EmptySD3LatentImage":
