@@ -116,10 +116,10 @@ class GuidanceOptions:
     )
     dit_checkpointing: bool = setting(
         True,
-        "Flux.1, Chroma and SD3 only: during the guidance backward, recompute each block's activations (and the weights "
-        "ComfyUI casts from fp8 or bf16) one block at a time instead of keeping them all from the forward. Same "
-        "gradient and image, much less memory, one more forward of those blocks per guided step; turn it off only "
-        "when memory is plentiful and speed matters",
+        "Flux.1, Chroma and SD3 only: during the guidance backward, recompute each block's activations (and the "
+        "weights ComfyUI casts from fp8 or bf16) one block at a time instead of keeping them all from the forward. "
+        "Same gradient and image, much less memory, one more forward of those blocks per guided step; turn it off "
+        "only when memory is plentiful and speed matters",
     )
 
     def __post_init__(self) -> None:
