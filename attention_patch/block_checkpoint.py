@@ -1,18 +1,20 @@
-"""Per-block activation checkpointing of a DiT's guidance pass (Flux.1 double/single blocks, SD3 joint blocks).
+"""Per-block activation checkpointing of a DiT's guidance pass (Flux.1 and Chroma double/single blocks, SD3 joint
+blocks).
 
 The guidance backward runs through every block up to the last recorded one. Without checkpointing, autograd keeps
-every activation of those blocks until the backward, and with weights stored in another dtype than the compute
-dtype (fp8 or bf16 through ComfyUI's manual cast) also every block's cast weights, which its Linear layers need for
-the input gradient. Here each block before the last recorded one runs under ``torch.utils.checkpoint``
-(non-reentrant): only its inputs are kept, and the backward recomputes one block at a time, so one block's
-activations and cast weights are alive at once.
+every activation of those blocks until the backward, and with weights stored in another dtype than the compute dtype
+(fp8 or bf16 through ComfyUI's manual cast) also every block's cast weights, which its Linear layers need for the
+input gradient. Here each block before the last recorded one runs under ``torch.utils.checkpoint`` (non-reentrant):
+only its inputs are kept, and the backward recomputes one block at a time, so one block's activations and cast
+weights are alive at once.
 
-The blocks are reached through ComfyUI's ``patches_replace["dit"]`` hooks, which Flux and SD3's MMDiT honour. A
-patch calls the block module it was made for (never the model's ``original_block``, whose closure points at the
-loop's current block by the time the backward recomputes). The recomputation sees a copy of the forward's
-``transformer_options`` (the model moves ``block_index`` on after the block) with :data:`RECOMPUTING` set, so the
-attention recorder knows it is a recomputation and records nothing. A block that another node already patched is
-left to that patch, unchanged: its state could not be assumed to survive a second call.
+The blocks are reached through ComfyUI's ``patches_replace["dit"]`` hooks, which Flux, Chroma and SD3's MMDiT honour
+(``capture.CHECKPOINTED_FAMILIES``). A patch calls the block module it was made for (never the model's
+``original_block``, whose closure points at the loop's current block by the time the backward recomputes). The
+recomputation sees a copy of the forward's ``transformer_options`` (the model moves ``block_index`` on after the
+block) with :data:`RECOMPUTING` set, so the attention recorder knows it is a recomputation and records nothing. A
+block that another node already patched is left to that patch, unchanged: its state could not be assumed to survive
+a second call.
 """
 
 from __future__ import annotations

@@ -1,12 +1,12 @@
-"""Memory of DiT guidance on tiny Flux.1 and SD3 models: block checkpointing, and weights stored in fp8 or bf16
-through ComfyUI's manual cast.
+"""Memory of DiT guidance on tiny Flux.1 and SD3 models: block checkpointing, and weights stored in fp8 or bf16 through
+ComfyUI's manual cast.
 
-What is asserted, per family: with ``dit_checkpointing`` the guidance pass recomputes the blocks before the last
-recorded one in the backward, records each block once, and gives the same maps and the bit-identical gradient as
-without it; faithful and fast sampling give the same latent either way. With weights stored in fp8 (e4m3fn) or
-bf16 and cast to fp32 by ComfyUI's manual cast, guidance lowers the loss at every guided step, checkpointing
-changes nothing in the result, and a plain run afterwards is bit-identical to one before. The memory figures are
-in benchmarks/dit_activation_memory.py, not here.
+What is asserted, per family (Flux.1, Chroma, SD3): with ``dit_checkpointing`` the guidance pass recomputes the
+blocks before the last recorded one in the backward, records each block once, and gives the same maps and the
+bit-identical gradient as without it; faithful and fast sampling give the same latent either way. With weights
+stored in fp8 (e4m3fn) or bf16 and cast to fp32 by ComfyUI's manual cast, guidance lowers the loss at every guided
+step, checkpointing changes nothing in the result, and a plain run afterwards is bit-identical to one before. The
+memory figures are in benchmarks/dit_activation_memory.py, not here.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from devkit.dit_runs import config, guided, stock, tiny_case
 OFF = "dit_checkpointing = false"
 
 
-@pytest.fixture(scope="module", params=["flux", "sd3"])
+@pytest.fixture(scope="module", params=["flux", "chroma", "sd3"])
 def dit(request: pytest.FixtureRequest, harness: Any) -> dict:
     """One family's tiny model (fp32 weights), CLIP, encoded prompt and bindings. The weights are frozen, as the
     sampler leaves a model ComfyUI loaded (inference_tensors.py)."""
@@ -46,7 +46,7 @@ def stored_as(case: dict, weight_dtype: torch.dtype) -> dict:
 
 def blocks_of(case: dict) -> Any:
     diffusion_model = case["model"].model.diffusion_model
-    return diffusion_model.double_blocks if case["arch"] == "flux" else diffusion_model.joint_blocks
+    return diffusion_model.joint_blocks if case["arch"] == "sd3" else diffusion_model.double_blocks
 
 
 def guidance_pass(harness: Any, case: dict, checkpointing: bool, model_options: dict | None = None,
@@ -62,8 +62,9 @@ def guidance_pass(harness: Any, case: dict, checkpointing: bool, model_options: 
     options = recorder.model_options_with_patches(differentiable.with_differentiable_attention(model_options or {}))
     generator = torch.Generator().manual_seed(0)
     latent = torch.randn(1, 16, 16, 16, generator=generator).requires_grad_(True)
-    context, pooled = case["positive"][0][0].clone(), case["positive"][0][1]["pooled_output"].clone()
-    extra = {"guidance": torch.tensor([3.5])} if case["arch"] == "flux" else {}
+    context, pooled = case["positive"][0][0].clone(), case["positive"][0][1].get("pooled_output")
+    pooled = None if pooled is None else pooled.clone()
+    extra = {} if case["arch"] == "sd3" else {"guidance": torch.tensor([3.5])}
     started: list[int] = []
     hooks = [block.register_forward_pre_hook(lambda module, args, index=index: started.append(index))
              for index, block in enumerate(blocks_of(case))]
@@ -156,7 +157,7 @@ def test_sampling_with_and_without_checkpointing_is_identical(harness: Any, dit:
 def test_manual_cast_weights_guide_and_leave_no_patch(harness: Any, dit: dict, weight_dtype: torch.dtype) -> None:
     case = stored_as(dit, weight_dtype)
     diffusion_model = case["model"].model.diffusion_model
-    linear = diffusion_model.double_blocks[0].img_attn.qkv if dit["arch"] == "flux" else diffusion_model.x_embedder.proj
+    linear = diffusion_model.x_embedder.proj if dit["arch"] == "sd3" else diffusion_model.double_blocks[0].img_attn.qkv
     assert linear.weight.dtype == weight_dtype and linear.comfy_cast_weights  # ComfyUI's manual-cast operations
     options_before = repr(case["model"].model_options)
     before = stock(case)
