@@ -1,5 +1,5 @@
-"""Memory of DiT guidance on tiny Flux.1 and SD3 models: block checkpointing, and weights stored in fp8 or bf16 through
-ComfyUI's manual cast.
+"""Memory of DiT guidance on tiny Flux.1, Chroma and SD3 models: block checkpointing, and weights stored in fp8 or bf16
+through ComfyUI's manual cast.
 
 What is asserted, per family (Flux.1, Chroma, SD3): with ``dit_checkpointing`` the guidance pass recomputes the
 blocks before the last recorded one in the backward, records each block once, and gives the same maps and the
