@@ -171,11 +171,12 @@ def start_comfy(device: str) -> None:
     register_pack_package()
 
 
-def main() -> None:
-    args = parse_args()
-    start_comfy(args.device)
-    bench = SamplingBench(args.arch, args.device, args.dtype, args.latent)
-    model = bench.model
+PER_STEP_STEPS = 4
+"""Steps of each per-step comparison (every step guided)."""
+
+
+def make_runner(bench: SamplingBench) -> object:
+    """``run(steps, guided_fraction, stop_early, attention, mode, convolution, checkpointing)`` → seconds."""
 
     def run(
         steps: int,
@@ -199,40 +200,47 @@ def main() -> None:
         }
         return bench.run(steps, bench.config(guided_fraction, **options))
 
-    per_step_steps = 4
+    return run
+
+
+def variants_for(args: argparse.Namespace) -> dict[str, tuple]:
+    """Each measured configuration, as the arguments of the runner."""
+    n = PER_STEP_STEPS
     variants: dict[str, tuple] = {
-        "plain_steps": (per_step_steps, None),
-        "guided_steps": (per_step_steps, 1.0),
-        "guided_full_forward": (per_step_steps, 1.0, False),
-        "guided_comfy_attention": (per_step_steps, 1.0, True, "comfy"),
-        "fast_steps": (per_step_steps, 1.0, True, "sdpa", "fast"),
-        "guided_default_convolution": (per_step_steps, 1.0, True, "sdpa", "faithful", "default"),
-        "fast_default_convolution": (per_step_steps, 1.0, True, "sdpa", "fast", "default"),
-        "plain_native_convolution": (per_step_steps, None, True, "sdpa", "faithful", "native"),
+        "plain_steps": (n, None),
+        "guided_steps": (n, 1.0),
+        "guided_full_forward": (n, 1.0, False),
+        "guided_comfy_attention": (n, 1.0, True, "comfy"),
+        "fast_steps": (n, 1.0, True, "sdpa", "fast"),
+        "guided_default_convolution": (n, 1.0, True, "sdpa", "faithful", "default"),
+        "fast_default_convolution": (n, 1.0, True, "sdpa", "fast", "default"),
+        "plain_native_convolution": (n, None, True, "sdpa", "faithful", "native"),
         "plain_run": (args.steps, None),
         "guided_run": (args.steps, 0.5),
         "fast_run": (args.steps, 0.5, True, "sdpa", "fast"),
     }
-
     dit = args.arch in DITS
     if args.device != "cpu" or dit:  # the convolution choice only exists on CPU; DiT blocks have no convolutions
         del variants["guided_default_convolution"], variants["fast_default_convolution"]
         del variants["plain_native_convolution"]
     if dit:
-        variants["guided_no_checkpointing"] = (per_step_steps, 1.0, True, "sdpa", "faithful", "auto", False)
-    # "auto"'s kernel choices, as every guided run of this process shares them
-    kernel_timings = importlib.import_module("binding_guidance.guidance.sampler").BindingGuidedSampler.kernel_timings
+        variants["guided_no_checkpointing"] = (n, 1.0, True, "sdpa", "faithful", "auto", False)
+    return variants
 
+
+def measure(args: argparse.Namespace, bench: SamplingBench, variants: dict[str, tuple]) -> dict[str, float]:
+    """Seconds per variant (best of the repeats), plus the peaks and the one-time release of the weights."""
+    run = make_runner(bench)
     run(2, None)  # warm-up (model load, kernels)
     plain_peak = peak_memory_mb(args.device)
     if args.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-        run(per_step_steps, None)
+        run(PER_STEP_STEPS, None)
         plain_peak = peak_memory_mb(args.device)
         torch.cuda.reset_peak_memory_stats()
     release = importlib.import_module("binding_guidance.guidance.inference_tensors").release_inference_tensors
     started = time.perf_counter()
-    release(model.model)  # what the first guided run on a freshly loaded model does once
+    release(bench.model.model)  # what the first guided run on a freshly loaded model does once
     release_time = time.perf_counter() - started
     # Peak memory of the default configurations first (RSS peaks only grow): faithful and fast, early stop on.
     times: dict[str, float] = {name: math.inf for name in variants}
@@ -244,66 +252,75 @@ def main() -> None:
     for _ in range(args.repeats):
         for name, run_args in variants.items():
             times[name] = min(times[name], run(*run_args))
-    plain_steps, guided_steps = times["plain_steps"], times["guided_steps"]
-    guided_full_forward, guided_comfy_attention = times["guided_full_forward"], times["guided_comfy_attention"]
-    fast_steps, plain_run, guided_run = times["fast_steps"], times["plain_run"], times["guided_run"]
-    fast_run_time = times["fast_run"]
-    plain_native = times.get("plain_native_convolution", math.inf)
-    default_convolution = {name: times.get(f"{name}_default_convolution", math.inf) for name in ("guided", "fast")}
+    return {**times, "plain_peak": plain_peak, "guided_peak": guided_peak, "guided_reserved": guided_reserved,
+            "release": release_time}
 
-    faithful_step = guided_steps / plain_steps
-    faithful_run = guided_run / plain_run
-    fast_step = fast_steps / plain_steps
-    fast_run = fast_run_time / plain_run
-    mem_overhead = guided_peak - plain_peak
-    params = sum(p.numel() for p in model.model.parameters()) / 1e6
+
+def cpu_kernel_lines(times: dict[str, float]) -> list[str]:
+    """The UNet-on-CPU lines: the convolution kernels of the guidance pass against PyTorch's defaults."""
+    n, plain = PER_STEP_STEPS, times["plain_steps"]
+    kernel_timings = importlib.import_module("binding_guidance.guidance.sampler").BindingGuidedSampler.kernel_timings
+    guided, fast = times["guided_default_convolution"], times["fast_default_convolution"]
+    native = times["plain_native_convolution"]
+    return [
+        f"convolution kernels of the guidance pass timed per shape once "
+        f"({kernel_timings.seconds:.2f} s, {kernel_timings.native_share()}); "
+        f"with PyTorch's default kernel instead: faithful step {guided / n:.3f} s (ratio {guided / plain:.3f}), "
+        f"fast step {fast / n:.3f} s (ratio {fast / plain:.3f})",
+        f"for reference, not done by the pack: a plain step with oneDNN off altogether (PyTorch's native "
+        f"convolution in ComfyUI's own pass) {native / n:.3f} s (ratio {native / plain:.3f})",
+    ]
+
+
+def report(args: argparse.Namespace, bench: SamplingBench, times: dict[str, float]) -> list[str]:
+    """The printed lines; the last one is machine-readable."""
+    n = PER_STEP_STEPS
+    plain_steps, guided_steps, fast_steps = times["plain_steps"], times["guided_steps"], times["fast_steps"]
+    full_forward, comfy_attention = times["guided_full_forward"], times["guided_comfy_attention"]
+    plain_run, guided_run, fast_run_time = times["plain_run"], times["guided_run"], times["fast_run"]
+    faithful_step, fast_step = guided_steps / plain_steps, fast_steps / plain_steps
+    faithful_run, fast_run = guided_run / plain_run, fast_run_time / plain_run
+    plain_peak, guided_peak = times["plain_peak"], times["guided_peak"]
+    params = sum(p.numel() for p in bench.model.model.parameters()) / 1e6
     memory_kind = "RSS" if args.device == "cpu" else "CUDA allocated"
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
     lines = [
         f"device={device_name} arch={args.arch} dtype={args.dtype} latent={args.latent}x{args.latent} "
-        f"params={params:.0f}M "
-        f"torch_threads={torch.get_num_threads()}",
-        f"one-time release of the inference-mode weights (first guided run on a loaded model): {release_time:.2f} s",
-        f"plain step {plain_steps / per_step_steps:.3f} s; guided step {guided_steps / per_step_steps:.3f} s; "
-        f"guided step with the full guidance forward {guided_full_forward / per_step_steps:.3f} s; "
-        f"with ComfyUI's attention kernel in the guidance pass {guided_comfy_attention / per_step_steps:.3f} s",
-        f"fast-mode step {fast_steps / per_step_steps:.3f} s",
-        *(
-            [f"guided step without dit_checkpointing {times['guided_no_checkpointing'] / per_step_steps:.3f} s "
-             f"(ratio {times['guided_no_checkpointing'] / plain_steps:.3f})"]
-            if dit
-            else []
-        ),
-        *(
-            [
-                f"convolution kernels of the guidance pass timed per shape once "
-                f"({kernel_timings.seconds:.2f} s, {kernel_timings.native_share()}); "
-                f"with PyTorch's default kernel instead: faithful step "
-                f"{default_convolution['guided'] / per_step_steps:.3f} s "
-                f"(ratio {default_convolution['guided'] / plain_steps:.3f}), fast step "
-                f"{default_convolution['fast'] / per_step_steps:.3f} s "
-                f"(ratio {default_convolution['fast'] / plain_steps:.3f})",
-                f"for reference, not done by the pack: a plain step with oneDNN off altogether (PyTorch's native "
-                f"convolution in ComfyUI's own pass) {plain_native / per_step_steps:.3f} s "
-                f"(ratio {plain_native / plain_steps:.3f})",
-            ]
-            if args.device == "cpu" and not dit
-            else []
-        ),
-        f"per-step ratio faithful {faithful_step:.3f} (full forward: {guided_full_forward / plain_steps:.3f}), "
+        f"params={params:.0f}M torch_threads={torch.get_num_threads()}",
+        f"one-time release of the inference-mode weights (first guided run on a loaded model): "
+        f"{times['release']:.2f} s",
+        f"plain step {plain_steps / n:.3f} s; guided step {guided_steps / n:.3f} s; "
+        f"guided step with the full guidance forward {full_forward / n:.3f} s; "
+        f"with ComfyUI's attention kernel in the guidance pass {comfy_attention / n:.3f} s",
+        f"fast-mode step {fast_steps / n:.3f} s",
+    ]
+    if "guided_no_checkpointing" in times:
+        no_checkpointing = times["guided_no_checkpointing"]
+        lines.append(f"guided step without dit_checkpointing {no_checkpointing / n:.3f} s "
+                     f"(ratio {no_checkpointing / plain_steps:.3f})")
+    if "plain_native_convolution" in times:
+        lines.extend(cpu_kernel_lines(times))
+    cuda_peak = (f" (guided peak {guided_peak / 1024:.2f} GiB; reserved {times['guided_reserved']:.2f} GiB)"
+                 if args.device == "cuda" else "")
+    lines += [
+        f"per-step ratio faithful {faithful_step:.3f} (full forward: {full_forward / plain_steps:.3f}), "
         f"fast {fast_step:.3f}",
         f"{args.steps}-step run, {math.ceil(args.steps / 2)} guided: plain {plain_run:.2f} s, "
         f"faithful {guided_run:.2f} s (ratio {faithful_run:.3f}), fast {fast_run_time:.2f} s (ratio {fast_run:.3f})",
         f"peak memory ({memory_kind}): plain {plain_peak:.0f} MB, after faithful and fast runs {guided_peak:.0f} MB"
-        + (
-            f" (guided peak {guided_peak / 1024:.2f} GiB; reserved {guided_reserved:.2f} GiB)"
-            if args.device == "cuda"
-            else ""
-        ),
+        + cuda_peak,
         f"faithful_step={faithful_step:.3f} fast_step={fast_step:.3f} faithful_run={faithful_run:.3f} "
-        f"fast_run={fast_run:.3f} mem_overhead_mb={mem_overhead:.0f}",
+        f"fast_run={fast_run:.3f} mem_overhead_mb={guided_peak - plain_peak:.0f}",
     ]
-    print("\n".join(lines))
+    return lines
+
+
+def main() -> None:
+    args = parse_args()
+    start_comfy(args.device)
+    bench = SamplingBench(args.arch, args.device, args.dtype, args.latent)
+    times = measure(args, bench, variants_for(args))
+    print("\n".join(report(args, bench, times)))
 
 
 if __name__ == "__main__":
