@@ -58,17 +58,22 @@ block each: cross-attention at factors 1, 2 and 4, as in SD1.x."""
 
 
 def init_weights(module: torch.nn.Module, seed: int) -> None:
-    """Deterministically fill every parameter: fan-in scaled normals for weights, norms at 1, biases small."""
-    generator = torch.Generator().manual_seed(seed)
+    """Deterministically fill every parameter: fan-in scaled normals for weights, norms at 1, biases small.
+
+    The values are drawn on the module's device from a generator seeded with ``seed``, one parameter at a time, so
+    a model built on a GPU is filled there without a copy from the CPU."""
+    first = next(module.parameters(), None)
+    device = first.device if first is not None else torch.device("cpu")
+    generator = torch.Generator(device=device).manual_seed(seed)
     with torch.no_grad():
         for name, param in module.named_parameters():
             if param.ndim >= 2:
                 fan_in = math.prod(param.shape[1:])
-                values = torch.randn(param.shape, generator=generator) / math.sqrt(fan_in)
+                values = torch.randn(param.shape, generator=generator, device=device) / math.sqrt(fan_in)
             elif name.endswith("weight"):
-                values = torch.ones(param.shape)
+                values = torch.ones(param.shape, device=device)
             else:
-                values = torch.randn(param.shape, generator=generator) * 0.02
+                values = torch.randn(param.shape, generator=generator, device=device) * 0.02
             param.copy_(values.to(param.dtype))
 
 
