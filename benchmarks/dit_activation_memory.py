@@ -147,7 +147,6 @@ def guidance_pass(family: Family, model: object, side: int, checkpointing: bool,
     latent = torch.randn(1, 16, side, side, generator=generator).to(device)
     context = torch.randn(1, family.text_tokens, family.context_width, generator=generator).to(device)
     pooled = torch.randn(1, family.pooled_width, generator=generator).to(device)
-    timestep = torch.tensor([0.6], device=device)
     extra = {"guidance": torch.tensor([3.5], device=device)} if family.config_class == "Flux" else {}
 
     def run() -> None:
@@ -155,7 +154,7 @@ def guidance_pass(family: Family, model: object, side: int, checkpointing: bool,
         options = recorder.model_options_with_patches(differentiable.with_differentiable_attention({}))
         leaf = latent.clone().requires_grad_(True)
         try:
-            model.apply_model(leaf, timestep, c_crossattn=context, y=pooled,
+            model.apply_model(leaf, torch.tensor([0.6], device=device), c_crossattn=context, y=pooled,
                               transformer_options=options["transformer_options"], **extra)
         except recording_complete:
             pass
