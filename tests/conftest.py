@@ -44,15 +44,6 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> objec
         report.longrepr = f"skipped under CI, where only tests marked 'gpu' may skip: {reason}"
 
 
-
-def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Collect cyclic garbage while ComfyUI's modules are still intact: a ModelPatcher left in a reference cycle
-    would otherwise be finalised at interpreter exit, after ``comfy.patcher_extension`` is torn down, and print an
-    ignored AttributeError from its ``__del__``."""
-    import gc
-
-    gc.collect()
-
 # ---------------------------------------------------------------------------------------------------------------
 # Real-ComfyUI fixtures (only tests that ask for them import ComfyUI).
 
