@@ -123,6 +123,8 @@ class FaithfulRun(GuidanceRun):
             point = _Point(refined.z, refined.result, refined.grad, refined.loss)
             point, skipped, loss_after_step = self._update(point, step, refined.usable, scale, x.dtype, evaluate)
             maps = self.recorder.levels().get(self.main_factor)
+            # The recorded maps hold the last pass's graph; released here so the step leaves no graph behind.
+            self.recorder.reset()
         with torch.inference_mode():
             x.copy_(point.latent.to(x.dtype))
         self.note_skip(step, refinement_stopped)

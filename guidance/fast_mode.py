@@ -40,8 +40,6 @@ ModelFunctionWrapper = Callable[[Callable, dict], torch.Tensor]
 class CapturedGradient:
     """The loss of one model call's conditional rows and its gradient with respect to their model input."""
 
-    result: Any
-    """The objective's LossResult."""
     loss: float
     grad: torch.Tensor | None
     """``[B, C, H, W]`` fp32, one row per latent in the batch; None when the fp16 backward overflowed (the step
@@ -194,11 +192,14 @@ class ConditionalGradientCapture:
             loss, grad = overflow.loss, None
         main = levels.get(self.main_factor)
         self.captured = CapturedGradient(
-            result=result,
             loss=loss,
             grad=grad.detach().float() if grad is not None else None,
             maps=main.mean.detach() if main is not None else None,
         )
+        # Drop the recorded maps now: they hold this forward's graph, whose saved-tensor hooks (activation
+        # checkpointing) refer back to the transformer options and so to this capture; a cycle through autograd's
+        # C++ nodes that Python's collector cannot free, which kept each fast run's graph and guider alive.
+        self.recorder.reset()
         # The rest of this forward only produces the step's prediction: build no graph for it. The caller's
         # enable_grad() context restores the grad mode when the forward returns.
         torch.set_grad_enabled(False)

@@ -171,3 +171,28 @@ def test_manual_cast_weights_guide_and_leave_no_patch(harness: Any, dit: dict, w
     assert torch.equal(out, unchecked)
     assert repr(case["model"].model_options) == options_before
     assert torch.equal(stock(case), before)
+
+
+@pytest.mark.parametrize("mode", ["faithful", "fast"])
+def test_no_graph_or_guider_outlives_a_run(harness: Any, dit: dict, mode: str) -> None:
+    """After each run nothing of its guidance graph stays alive: no new tensor with a grad_fn, no CFGGuider (which
+    holds the model). Fast mode used to keep every run's graph and guider in a reference cycle through autograd
+    when the weights require grad (a model not loaded by ComfyUI under inference mode)."""
+    import gc
+
+    import comfy.samplers
+
+    def alive() -> tuple[int, int]:
+        gc.collect()
+        objects = gc.get_objects()
+        guiders = sum(isinstance(o, comfy.samplers.CFGGuider) for o in objects)
+        graphs = sum(isinstance(o, torch.Tensor) and o.grad_fn is not None for o in objects)
+        return guiders, graphs
+
+    case = tiny_case(harness, dit["arch"])  # weights that require grad
+    before = alive()
+    for _ in range(2):
+        latent, report = guided(harness, case, config(harness, mode=mode))
+        assert report.steps, "the run must have guided steps for this check to mean anything"
+        del latent, report
+        assert alive() == before
